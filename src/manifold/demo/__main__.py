@@ -1,0 +1,3 @@
+from manifold.demo.server import main
+
+raise SystemExit(main())

@@ -1,0 +1,109 @@
+"""The HTTP face: streamable HTTP at /mcp, legacy SSE at /sse, health, and the REST API.
+
+One ASGI app whose lifespan runs the gateway, so everything a request can
+reach is started before the first request and stopped after the last.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+from fastapi import FastAPI
+from mcp.server.sse import SseServerTransport
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.responses import JSONResponse
+from starlette.routing import Mount, Route
+from starlette.types import Receive, Scope, Send
+
+from manifold import __version__
+from manifold.faces.mcp import McpFace
+from manifold.gateway import Gateway
+from manifold.logging import masker
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def security_settings(host: str) -> TransportSecuritySettings | None:
+    """DNS-rebinding protection whenever the gateway is bound to loopback."""
+    if not is_loopback(host):
+        return None
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True,
+        allowed_hosts=["127.0.0.1:*", "localhost:*", "[::1]:*", "127.0.0.1", "localhost", "[::1]"],
+        allowed_origins=["http://127.0.0.1:*", "http://localhost:*", "http://[::1]:*"],
+    )
+
+
+def server_health(gateway: Gateway) -> dict[str, Any]:
+    servers = {}
+    for name, upstream in gateway.upstreams.items():
+        listing = upstream.listing
+        servers[name] = {
+            "state": upstream.state.value,
+            "transport": upstream.config.mcp_server_type,
+            "tools": len(listing.tools) if listing else 0,
+            "prompts": len(listing.prompts) if listing else 0,
+            "resources": len(listing.resources) if listing else 0,
+            "restarts": upstream.restarts,
+            "last_error": masker.mask(upstream.last_error) if upstream.last_error else None,
+        }
+    return servers
+
+
+def create_app(gateway: Gateway, *, host: str = "127.0.0.1", extra_lifespan: Any = None) -> FastAPI:
+    face = McpFace(gateway)
+    security = security_settings(host)
+    sessions = StreamableHTTPSessionManager(app=face.server, security_settings=security)
+    sse = SseServerTransport("/messages/", security_settings=security)
+
+    async def handle_sse(scope: Scope, receive: Receive, send: Send) -> None:
+        async with sse.connect_sse(scope, receive, send) as (read, write):
+            await face.server.run(read, write, face.initialization_options())
+
+    class _SseEndpoint:
+        async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+            await handle_sse(scope, receive, send)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with gateway.running(), sessions.run(), anyio.create_task_group() as tg:
+            tg.start_soon(face.run_notifier)
+            if extra_lifespan is not None:
+                async with extra_lifespan(app):
+                    yield
+            else:
+                yield
+            tg.cancel_scope.cancel()
+
+    app = FastAPI(
+        title="Manifold",
+        version=__version__,
+        description="One MCP server in front of many; Letta-compatible management API under /v1/mcp-servers.",
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    app.state.face = face
+
+    @app.get("/healthz", tags=["health"])
+    async def healthz() -> JSONResponse:
+        servers = server_health(gateway)
+        ready = sum(1 for s in servers.values() if s["state"] == "ready")
+        return JSONResponse({"status": "ok", "version": __version__, "ready": ready, "servers": servers})
+
+    app.router.routes.append(Route("/mcp", endpoint=StreamableHTTPASGIApp(sessions), include_in_schema=False))
+    app.router.routes.append(Route("/sse", endpoint=_SseEndpoint(), methods=["GET"], include_in_schema=False))
+    app.router.routes.append(Mount("/messages/", app=sse.handle_post_message))
+
+    return app

@@ -1,0 +1,180 @@
+"""The MCP face: one MCP server whose handlers ask the Gateway.
+
+The SDK's low-level server does the protocol (handshake, versions, framing);
+the handlers here only translate names and hand raw result dicts back, so an
+upstream's result reaches the client as the upstream wrote it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import weakref
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import mcp_types as types
+import structlog
+from mcp.server.connection import Connection
+from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.lowlevel import NotificationOptions, Server
+from mcp.server.models import InitializationOptions
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
+
+from manifold import __version__
+from manifold.catalog import Catalog
+from manifold.gateway import Gateway
+
+log = structlog.get_logger("manifold.mcp")
+
+NOTIFY_DEBOUNCE = 0.05
+NOTIFY_TIMEOUT = 2.0
+
+
+def _raw_meta(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any] | None:
+    meta = (ctx.params or {}).get("_meta")
+    return dict(meta) if isinstance(meta, dict) else None
+
+
+class _ConnectionTracker:
+    """Remembers every live client connection so catalogue changes reach them all."""
+
+    def __init__(self) -> None:
+        self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        connection = ctx.session._connection  # noqa: SLF001 - the SDK exposes no public accessor
+        if connection not in self.connections:
+            self.connections.add(connection)
+            connection.exit_stack.callback(self.connections.discard, connection)
+        return await call_next(ctx)
+
+
+class McpFace:
+    """Builds the low-level server and broadcasts list_changed to every client."""
+
+    def __init__(self, gateway: Gateway, *, page_size: int = 2000) -> None:
+        self.gateway = gateway
+        self.page_size = page_size
+        self.tracker = _ConnectionTracker()
+        self._changed: set[str] = set()
+        self._wake = anyio.Event()
+        self.server = self._build()
+        gateway.add_listener(self._on_catalog_change)
+
+    def initialization_options(self) -> InitializationOptions:
+        return self.server.create_initialization_options(
+            NotificationOptions(prompts_changed=True, resources_changed=True, tools_changed=True)
+        )
+
+    # --- list_changed ----------------------------------------------------------
+
+    def _on_catalog_change(self, old: Catalog, new: Catalog) -> None:
+        for kind, before, after in (
+            ("tools", old.tools, new.tools),
+            ("prompts", old.prompts, new.prompts),
+            ("resources", (old.resources, old.resource_templates), (new.resources, new.resource_templates)),
+        ):
+            if before != after:
+                self._changed.add(kind)
+        if self._changed:
+            self._wake.set()
+
+    async def run_notifier(self) -> None:
+        """Send one list_changed per kind per burst of changes, to every client."""
+        while True:
+            await self._wake.wait()
+            await anyio.sleep(NOTIFY_DEBOUNCE)  # coalesce a burst (a reconnect relists everything)
+            self._wake = anyio.Event()
+            kinds, self._changed = self._changed, set()
+            for connection in list(self.tracker.connections):
+                with anyio.move_on_after(NOTIFY_TIMEOUT):
+                    if "tools" in kinds:
+                        await connection.send_tool_list_changed()
+                    if "prompts" in kinds:
+                        await connection.send_prompt_list_changed()
+                    if "resources" in kinds:
+                        await connection.send_resource_list_changed()
+
+    # --- handlers ----------------------------------------------------------------
+
+    async def _page(self, kind: str, key: str, params: types.PaginatedRequestParams | None) -> dict[str, Any]:
+        # The first lists wait for servers still making their first connection
+        # (bounded by their connect timeout): clients that list once at start-up
+        # and ignore list_changed still see everything that came up.
+        await self.gateway.wait_settled()
+        items: Sequence[dict[str, Any]] = getattr(self.gateway.catalog, kind)
+        start = _decode_cursor(params.cursor) if params and params.cursor else 0
+        end = start + self.page_size
+        result: dict[str, Any] = {key: list(items[start:end])}
+        if end < len(items):
+            result["nextCursor"] = _encode_cursor(end)
+        return result
+
+    def _build(self) -> Server[Any]:
+        gateway = self.gateway
+
+        async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
+            return await self._page("tools", "tools", params)
+
+        async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
+            meta = _raw_meta(ctx)
+            token = meta.get("progressToken") if meta else None
+            on_progress = None
+            if token is not None:
+
+                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                    await ctx.session.send_progress_notification(
+                        token, progress, total, message, related_request_id=ctx.request_id
+                    )
+
+            return await gateway.call_tool(params.name, params.arguments, meta=meta, on_progress=on_progress)
+
+        async def list_prompts(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
+            return await self._page("prompts", "prompts", params)
+
+        async def get_prompt(ctx: ServerRequestContext[Any, Any], params: types.GetPromptRequestParams) -> Any:
+            return await gateway.get_prompt(params.name, params.arguments, meta=_raw_meta(ctx))
+
+        async def list_resources(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
+            return await self._page("resources", "resources", params)
+
+        async def list_templates(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
+            return await self._page("resource_templates", "resourceTemplates", params)
+
+        async def read_resource(ctx: ServerRequestContext[Any, Any], params: types.ReadResourceRequestParams) -> Any:
+            return await gateway.read_resource(params.uri, meta=_raw_meta(ctx))
+
+        async def complete(ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> Any:
+            return await gateway.complete(dict(ctx.params or {}))
+
+        server: Server[Any] = Server(
+            "manifold",
+            version=__version__,
+            on_list_tools=list_tools,
+            on_call_tool=call_tool,
+            on_list_prompts=list_prompts,
+            on_get_prompt=get_prompt,
+            on_list_resources=list_resources,
+            on_list_resource_templates=list_templates,
+            on_read_resource=read_resource,
+            on_completion=complete,
+        )
+        server.middleware.insert(0, self.tracker)
+        return server
+
+
+def _encode_cursor(offset: int) -> str:
+    return base64.urlsafe_b64encode(json.dumps({"o": offset}).encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> int:
+    try:
+        offset = json.loads(base64.urlsafe_b64decode(cursor.encode()))["o"]
+        if isinstance(offset, int) and offset >= 0:
+            return offset
+    except (ValueError, KeyError, TypeError):
+        pass
+    raise MCPError(INVALID_PARAMS, "invalid cursor")

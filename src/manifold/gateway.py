@@ -1,0 +1,241 @@
+"""The Gateway: the one thing every face talks to.
+
+It owns the upstream pool (one supervised session per server), keeps the
+catalogue in step with what the upstreams offer, routes requests, and tells
+listeners when the catalogue changes. It does no wire framing of its own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskGroup
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS
+
+from manifold.catalog import Catalog, Route, ServerListing
+from manifold.config import GatewayConfig, GatewaySettings, ServerConfig
+from manifold.logging import masker
+from manifold.upstream.connection import ProgressFn, State, Upstream
+
+log = structlog.get_logger("manifold.gateway")
+
+ChangeListener = Callable[[Catalog, Catalog], None]
+
+
+class Gateway:
+    def __init__(self, config: GatewayConfig | None = None) -> None:
+        config = config or GatewayConfig()
+        self.settings: GatewaySettings = config.gateway
+        self.config_path = config.path
+        self._initial = dict(config.servers)
+        self.upstreams: dict[str, Upstream] = {}
+        self.catalog = Catalog.build([], separator=self.settings.separator)
+        self._built_from: dict[str, int] = {}
+        self._listeners: list[ChangeListener] = []
+        self._state_listeners: list[Callable[[Upstream], None]] = []
+        self._done: dict[str, anyio.Event] = {}
+        self._tg: TaskGroup | None = None
+        self._state_changed = anyio.Event()
+
+    # --- lifecycle -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Gateway]:
+        """Start every configured server concurrently; stop them all on exit."""
+        async with anyio.create_task_group() as tg:
+            self._tg = tg
+            for name, config in self._initial.items():
+                self.add_server(name, config)
+            try:
+                yield self
+            finally:
+                for upstream in self.upstreams.values():
+                    upstream.stop()
+                tg.cancel_scope.cancel()
+                self._tg = None
+
+    async def wait_settled(self, timeout: float | None = None) -> None:
+        """Wait until no server is still on its first connection attempt.
+
+        Bounded by the slowest server's connect timeout, so a dead server
+        delays nobody for longer than its own limit.
+        """
+
+        def pending() -> bool:
+            return any(u.state == State.CONNECTING and u.connects == 0 and u.restarts == 0 for u in self.upstreams.values())
+
+        limit = timeout if timeout is not None else max((u.config.connect_timeout for u in self.upstreams.values()), default=0) + 1
+        with anyio.move_on_after(limit):
+            while pending():
+                self._state_changed = anyio.Event()
+                await self._state_changed.wait()
+
+    def add_listener(self, listener: ChangeListener) -> Callable[[], None]:
+        """Call `listener(old, new)` whenever the catalogue changes; returns an unsubscribe."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener) if listener in self._listeners else None
+
+    def add_state_listener(self, listener: Callable[[Upstream], None]) -> None:
+        self._state_listeners.append(listener)
+
+    # --- the server set ------------------------------------------------------
+
+    def add_server(self, name: str, config: ServerConfig) -> Upstream:
+        if self._tg is None:
+            raise RuntimeError("the gateway is not running")
+        if name in self.upstreams:
+            raise ValueError(f"server '{name}' already exists")
+        masker.add(config.secrets())
+        upstream = Upstream(name, config, on_change=self._on_upstream_change)
+        self.upstreams[name] = upstream
+        done = self._done[name] = anyio.Event()
+
+        async def supervise() -> None:
+            try:
+                await upstream.run()
+            finally:
+                done.set()
+
+        self._tg.start_soon(supervise, name=f"upstream:{name}")
+        self._rebuild()
+        return upstream
+
+    async def remove_server(self, name: str) -> None:
+        """Stop a server and wait until its session (and process) is gone."""
+        upstream = self.upstreams.pop(name, None)
+        if upstream is None:
+            return
+        upstream.stop()
+        with anyio.move_on_after(10):
+            await self._done.pop(name).wait()
+        self._rebuild()
+
+    async def replace_server(self, name: str, config: ServerConfig, new_name: str | None = None) -> Upstream:
+        await self.remove_server(name)
+        return self.add_server(new_name or name, config)
+
+    async def refresh_server(self, name: str) -> Upstream:
+        upstream = self._upstream(name)
+        await upstream.refresh()
+        return upstream
+
+    def _upstream(self, name: str) -> Upstream:
+        try:
+            return self.upstreams[name]
+        except KeyError:
+            raise MCPError(INVALID_PARAMS, f"unknown server '{name}'") from None
+
+    # --- catalogue -----------------------------------------------------------
+
+    def _on_upstream_change(self, upstream: Upstream) -> None:
+        self._state_changed.set()
+        for listener in list(self._state_listeners):
+            listener(upstream)
+        if self._built_from.get(upstream.name) != id(upstream.listing):
+            self._rebuild()
+
+    def _rebuild(self) -> None:
+        listings = []
+        built_from = {}
+        for name, upstream in self.upstreams.items():
+            built_from[name] = id(upstream.listing)
+            if upstream.listing is None:
+                continue
+            listing = upstream.listing
+            listings.append(
+                ServerListing(
+                    server=name,
+                    prefix=upstream.config.prefix,
+                    tools=listing.tools,
+                    prompts=listing.prompts,
+                    resources=listing.resources,
+                    resource_templates=listing.resource_templates,
+                )
+            )
+        old, self.catalog = self.catalog, Catalog.build(listings, separator=self.settings.separator)
+        self._built_from = built_from
+        for line in self.catalog.clashes:
+            log.warning("name clash resolved", detail=line)
+        for listener in list(self._listeners):
+            listener(old, self.catalog)
+
+    # --- routing -------------------------------------------------------------
+
+    def route_tool(self, name: str) -> tuple[Upstream, Route]:
+        route = self.catalog.route_tool(name)
+        if route is None:
+            raise MCPError(INVALID_PARAMS, f"unknown tool '{name}'")
+        return self._upstream(route.server), route
+
+    async def call_tool(
+        self,
+        name: str,
+        arguments: Mapping[str, Any] | None,
+        *,
+        meta: Mapping[str, Any] | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        upstream, route = self.route_tool(name)
+        params: dict[str, Any] = {"name": route.name, "arguments": dict(arguments or {})}
+        if meta:
+            params["_meta"] = {k: v for k, v in meta.items() if k != "progressToken"}
+        return await upstream.request("tools/call", params, on_progress=on_progress)
+
+    async def call_upstream_tool(self, server: str, tool: str, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
+        """Call a tool by its upstream name (the management API's run)."""
+        return await self._upstream(server).request("tools/call", {"name": tool, "arguments": dict(arguments or {})})
+
+    async def get_prompt(
+        self, name: str, arguments: Mapping[str, Any] | None, *, meta: Mapping[str, Any] | None = None
+    ) -> dict[str, Any]:
+        route = self.catalog.route_prompt(name)
+        if route is None:
+            raise MCPError(INVALID_PARAMS, f"unknown prompt '{name}'")
+        params: dict[str, Any] = {"name": route.name}
+        if arguments is not None:
+            params["arguments"] = dict(arguments)
+        if meta:
+            params["_meta"] = dict(meta)
+        return await self._upstream(route.server).request("prompts/get", params)
+
+    def route_resource(self, uri: str) -> tuple[Upstream, Route]:
+        route = self.catalog.route_resource(uri)
+        if route is None:
+            candidates = self.catalog.resource_candidates(uri)
+            if len(candidates) > 1:
+                names = ", ".join(sorted({c.server for c in candidates}))
+                raise MCPError(INVALID_PARAMS, f"resource '{uri}' is ambiguous between servers: {names}")
+            raise MCPError(INVALID_PARAMS, f"unknown resource '{uri}'")
+        return self._upstream(route.server), route
+
+    async def read_resource(self, uri: str, *, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        upstream, route = self.route_resource(uri)
+        params: dict[str, Any] = {"uri": route.name}
+        if meta:
+            params["_meta"] = dict(meta)
+        result = await upstream.request("resources/read", params)
+        if route.name != uri:
+            # Contents carry the upstream's URI; give the client back the one it asked for.
+            for item in result.get("contents") or []:
+                if isinstance(item, dict) and item.get("uri") == route.name:
+                    item["uri"] = uri
+        return result
+
+    async def complete(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        """Route completion/complete by its reference: a prompt name or a resource (template) URI."""
+        ref = dict(params.get("ref") or {})
+        if ref.get("type") == "ref/prompt":
+            route = self.catalog.route_prompt(str(ref.get("name")))
+            if route is None:
+                raise MCPError(INVALID_PARAMS, f"unknown prompt '{ref.get('name')}'")
+            ref["name"] = route.name
+        else:
+            upstream, route = self.route_resource(str(ref.get("uri")))
+            ref["uri"] = route.name
+        forwarded = {**params, "ref": ref}
+        return await self._upstream(route.server).request("completion/complete", forwarded)

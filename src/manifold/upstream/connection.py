@@ -1,0 +1,360 @@
+"""One supervised, long-lived MCP client session per upstream server.
+
+The supervisor owns the session: it connects, reads the server's lists, waits
+for the connection to end, and reconnects with backoff. Requests never open
+a connection of their own; they use the session the supervisor holds, or fail
+at once with an error that names the server and its state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import anyio
+import mcp_types as types
+import structlog
+from mcp.client.session import ClientSession
+from mcp.shared.exceptions import MCPError
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
+
+from manifold import __version__
+from manifold.config import ServerConfig
+from manifold.upstream.transports import open_transport
+
+log = structlog.get_logger("manifold.upstream")
+
+BACKOFF_BASE = 0.5
+BACKOFF_CAP = 30.0
+CRASH_LOOP_LIMIT = 6  # consecutive failed connects before the server is parked as failed
+LIST_DEBOUNCE = 0.05
+
+ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+
+
+class State(StrEnum):
+    CONNECTING = "connecting"
+    READY = "ready"
+    BACKING_OFF = "backing_off"
+    FAILED = "failed"
+    DISABLED = "disabled"
+    STOPPED = "stopped"
+
+
+@dataclass
+class Listing:
+    """What one upstream offers, as raw wire dicts so every field passes through."""
+
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    prompts: list[dict[str, Any]] = field(default_factory=list)
+    resources: list[dict[str, Any]] = field(default_factory=list)
+    resource_templates: list[dict[str, Any]] = field(default_factory=list)
+
+
+class UpstreamError(MCPError):
+    """An error from or about one upstream; its message always names the server."""
+
+
+class _WatchedReadStream:
+    """Pass-through read stream that reports when the transport ends."""
+
+    def __init__(self, inner: Any, closed: anyio.Event) -> None:
+        self._inner = inner
+        self._closed = closed
+
+    def __getattr__(self, name: str) -> Any:  # last_context and friends
+        return getattr(self._inner, name)
+
+    async def receive(self) -> Any:
+        try:
+            return await self._inner.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            self._closed.set()
+            raise
+
+    def __aiter__(self) -> _WatchedReadStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        try:
+            return await self.receive()
+        except anyio.EndOfStream:
+            raise StopAsyncIteration from None
+
+    async def aclose(self) -> None:
+        self._closed.set()
+        await self._inner.aclose()
+
+    async def __aenter__(self) -> _WatchedReadStream:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+class Upstream:
+    """A registered server: its config, its supervisor state and its live session."""
+
+    def __init__(
+        self,
+        name: str,
+        config: ServerConfig,
+        *,
+        on_change: Callable[[Upstream], None],
+        on_notification: Callable[[Upstream, Any], Awaitable[None]] | None = None,
+    ) -> None:
+        self.name = name
+        self.config = config
+        self.state = State.DISABLED if not config.enabled else State.CONNECTING
+        self.last_error: str | None = None
+        self.restarts = 0
+        self.connects = 0
+        self.listing: Listing | None = None
+        self.capabilities: dict[str, Any] = {}
+        self.server_info: dict[str, Any] = {}
+        self._on_change = on_change
+        self._on_notification = on_notification
+        self._session: ClientSession | None = None
+        self._wake = anyio.Event()
+        self._relist = anyio.Event()
+        self._ready = anyio.Event()
+        self._stopping = False
+        self._cancel: anyio.CancelScope | None = None
+        self.log = log.bind(server=name)
+
+    # --- supervision ---------------------------------------------------------
+
+    async def run(self) -> None:
+        """Supervise the connection until cancelled or stopped."""
+        failures = 0
+        with anyio.CancelScope() as self._cancel:
+            while not self._stopping:
+                if not self.config.enabled:
+                    self._set_state(State.DISABLED)
+                    await self._wait_wake()
+                    continue
+                self._set_state(State.CONNECTING)
+                try:
+                    await self._connect_and_serve()
+                    failures = 0  # served and then lost: a fresh start, not a crash loop
+                except Exception as exc:  # noqa: BLE001 - any failure is this server's alone
+                    failures += 1
+                    self.last_error = _describe(exc)
+                    self.log.warning("upstream connection failed", error=self.last_error, attempt=failures)
+                if self._stopping:
+                    break
+                self.restarts += 1
+                if failures >= CRASH_LOOP_LIMIT:
+                    self._set_state(State.FAILED)
+                    self.log.error("upstream parked as failed after repeated errors", error=self.last_error)
+                    await self._wait_wake()
+                    failures = 0
+                    continue
+                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(failures - 1, 0)) * random.uniform(0.8, 1.2)
+                self._set_state(State.BACKING_OFF)
+                with anyio.move_on_after(delay):
+                    await self._wait_wake()
+        self._set_state(State.STOPPED)
+
+    async def _wait_wake(self) -> None:
+        await self._wake.wait()
+        self._wake = anyio.Event()
+
+    def wake(self) -> None:
+        """Cut a backoff short, or retry a parked server (refresh, config change)."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stopping = True
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def _connect_and_serve(self) -> None:
+        closed = anyio.Event()
+        # One scope over the whole connection (anyio scopes must nest): its
+        # deadline bounds start-up, then is lifted once the server is ready.
+        with anyio.CancelScope(deadline=anyio.current_time() + self.config.connect_timeout) as deadline:
+            async with AsyncExitStack() as stack:
+                read, write = await stack.enter_async_context(open_transport(self.config))
+                session = ClientSession(
+                    _WatchedReadStream(read, closed),
+                    write,
+                    read_timeout_seconds=self.config.connect_timeout,
+                    message_handler=self._handle_message,
+                    client_info=types.Implementation(name="manifold", version=__version__),
+                )
+                await stack.enter_async_context(session)
+                init = await session.initialize()
+                self.capabilities = init.capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
+                self.server_info = init.server_info.model_dump(by_alias=True, mode="json", exclude_none=True)
+                self._session = session
+                try:
+                    self.listing = await self._read_listing()
+                    deadline.deadline = math.inf
+                    self.connects += 1
+                    self.last_error = None
+                    self._set_state(State.READY)
+                    self.log.info("upstream ready", tools=len(self.listing.tools), protocol=init.protocol_version)
+                    async with anyio.create_task_group() as tg:
+                        tg.start_soon(self._relist_loop)
+                        await closed.wait()
+                        tg.cancel_scope.cancel()
+                finally:
+                    self._session = None
+                    self._ready = anyio.Event()
+        if deadline.cancelled_caught:
+            raise TimeoutError(f"did not connect within {self.config.connect_timeout:g} s")
+        raise ConnectionError("the connection to the server closed")
+
+    def _set_state(self, state: State) -> None:
+        if state == self.state and state != State.READY:
+            return
+        self.state = state
+        if state == State.READY:
+            self._ready.set()
+        self._on_change(self)
+
+    # --- lists -----------------------------------------------------------------
+
+    async def _read_listing(self) -> Listing:
+        caps = self.capabilities
+        listing = Listing()
+        if "tools" in caps:
+            listing.tools = await self._list_all("tools/list", "tools")
+        if "prompts" in caps:
+            listing.prompts = await self._list_all("prompts/list", "prompts")
+        if "resources" in caps:
+            listing.resources = await self._list_all("resources/list", "resources")
+            listing.resource_templates = await self._list_all("resources/templates/list", "resourceTemplates")
+        return listing
+
+    async def _list_all(self, method: str, key: str) -> list[dict[str, Any]]:
+        """Follow nextCursor to the end: a large server is never silently cut short."""
+        items: list[dict[str, Any]] = []
+        cursor: str | None = None
+        seen: set[str] = set()
+        while True:
+            result = await self.request(method, {"cursor": cursor} if cursor else None)
+            items.extend(result.get(key) or [])
+            cursor = result.get("nextCursor")
+            if not cursor or cursor in seen:
+                return items
+            seen.add(cursor)
+
+    async def refresh(self) -> Listing:
+        """Re-read the lists now (reconnecting a server that is down)."""
+        if self._session is None:
+            self.wake()
+            with anyio.fail_after(self.config.connect_timeout + 1):
+                await self._ready.wait()
+            if self.listing is None:  # pragma: no cover - ready always has a listing
+                raise self._not_ready()
+            return self.listing
+        self.listing = await self._read_listing()
+        self._on_change(self)
+        return self.listing
+
+    async def _relist_loop(self) -> None:
+        """Re-read lists after list_changed, coalescing bursts into one read."""
+        while True:
+            await self._relist.wait()
+            await anyio.sleep(LIST_DEBOUNCE)
+            self._relist = anyio.Event()
+            try:
+                self.listing = await self._read_listing()
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("re-reading lists failed", error=_describe(exc))
+                continue
+            self._on_change(self)
+
+    async def _handle_message(self, message: Any) -> None:
+        if isinstance(message, Exception):
+            self.log.warning("upstream sent an unreadable message", error=_describe(message))
+            return
+        root = getattr(message, "root", message)
+        if isinstance(
+            root,
+            types.ToolListChangedNotification | types.PromptListChangedNotification | types.ResourceListChangedNotification,
+        ):
+            self._relist.set()
+        if self._on_notification is not None:
+            await self._on_notification(self, root)
+
+    # --- requests ----------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self._session is not None
+
+    def _not_ready(self) -> UpstreamError:
+        detail = f" ({self.last_error})" if self.last_error else ""
+        return UpstreamError(
+            CONNECTION_CLOSED, f"server '{self.name}' is not connected (state: {self.state.value}){detail}"
+        )
+
+    async def request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
+        """Send one request on the live session and return the raw result dict.
+
+        Raw dicts, not models: the result goes back to the client as the
+        upstream wrote it, and nothing is parsed twice on the hot path.
+        """
+        session = self._session
+        if session is None:
+            raise self._not_ready()
+        limit = timeout if timeout is not None else self.config.timeout
+        data: dict[str, Any] = {"method": method}
+        if params is not None:
+            data["params"] = dict(params)
+        opts: dict[str, Any] = {"timeout": limit}
+        if on_progress is not None:
+            opts["on_progress"] = on_progress
+        # The session's version stamp (protocol headers on HTTP) without a
+        # round trip through the typed request models.
+        session._stamp(data, opts)  # noqa: SLF001
+        try:
+            return await session._dispatcher.send_raw_request(method, data.get("params"), opts)  # noqa: SLF001
+        except MCPError as exc:
+            if exc.code == REQUEST_TIMEOUT:
+                raise UpstreamError(
+                    REQUEST_TIMEOUT, f"server '{self.name}' did not answer {method} within {limit:g} s"
+                ) from exc
+            if exc.code == CONNECTION_CLOSED:
+                raise UpstreamError(
+                    CONNECTION_CLOSED, f"server '{self.name}': connection lost during {method}"
+                ) from exc
+            raise UpstreamError(exc.code, f"server '{self.name}': {exc.message}", exc.data) from exc
+        except Exception as exc:  # transport faults surface as plain exceptions
+            raise UpstreamError(INTERNAL_ERROR, f"server '{self.name}': {_describe(exc)}") from exc
+
+    async def notify(self, method: str, params: Mapping[str, Any] | None) -> None:
+        session = self._session
+        if session is None:
+            return
+        data: dict[str, Any] = {"method": method, "params": dict(params) if params is not None else None}
+        opts: dict[str, Any] = {}
+        session._stamp(data, opts)  # noqa: SLF001
+        await session._dispatcher.notify(method, data.get("params"), opts)  # noqa: SLF001
+
+
+def _describe(exc: BaseException) -> str:
+    """A one-line reason, unwrapping exception groups down to the first real cause."""
+    while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
+        exc = exc.exceptions[0]
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    text = str(exc) or type(exc).__name__
+    if isinstance(exc, OSError | FileNotFoundError) and not str(exc):
+        text = type(exc).__name__
+    return text.splitlines()[0] if text else type(exc).__name__
