@@ -90,6 +90,7 @@ class _StdoutPump:
 
     def __init__(self, stream: IO[str]) -> None:
         self.lines: list[str] = []
+        self.eof = False
         self._queue: queue.Queue[str | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, args=(stream,), daemon=True)
         self._thread.start()
@@ -116,6 +117,7 @@ class _StdoutPump:
             except queue.Empty:
                 return None
             if line is None:
+                self.eof = True
                 return None
             if line.startswith(prefix):
                 return line
@@ -172,6 +174,11 @@ def running_process(
         try:
             line = pump.wait_for_line(ready_line_prefix, time.monotonic() + timeout)
             if line is None:
+                if pump.eof:  # stdout closed: the process is exiting; let it be reaped
+                    try:
+                        proc.wait(STOP_TIMEOUT)
+                    except subprocess.TimeoutExpired:
+                        pass
                 if proc.poll() is None:
                     what = f"printed no line starting with {ready_line_prefix!r} within {timeout} s"
                 else:

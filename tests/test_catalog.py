@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import random
+from typing import Any
 from urllib.parse import quote
 
 import pytest
@@ -19,11 +21,11 @@ def sha(server: str, name: str, n: int = 8) -> str:
     return hashlib.sha256(f"{server}\x00{name}".encode()).hexdigest()[:n]
 
 
-def tool(name: str, **extra: object) -> dict:
+def tool(name: str, **extra: object) -> dict[str, Any]:
     return {"name": name, "inputSchema": {"type": "object"}, **extra}
 
 
-def names(items: list[dict]) -> list[str]:
+def names(items: list[dict[str, Any]]) -> list[str]:
     return [item["name"] for item in items]
 
 
@@ -268,7 +270,9 @@ def test_every_other_key_passes_through_and_inputs_are_not_mutated() -> None:
     resource = {"uri": "file:///x", "name": "x", "mimeType": "text/plain"}
     template = {"uriTemplate": "file:///{p}", "name": "t"}
     listings = [
-        ServerListing("s", tools=[original], prompts=[prompt], resources=[resource], resource_templates=[template]),
+        ServerListing(
+            "s", tools=[original], prompts=[prompt], resources=[resource], resource_templates=[template]
+        ),
         ServerListing("t", resources=[dict(resource)], resource_templates=[dict(template)]),
     ]
     snapshot = copy.deepcopy(listings)
@@ -281,8 +285,11 @@ def test_every_other_key_passes_through_and_inputs_are_not_mutated() -> None:
     assert catalog.prompts[0] == {**prompt, "name": "s__p"}
     assert catalog.resources[0] == {**resource, "uri": "manifold://s/file%3A%2F%2F%2Fx"}
     assert catalog.resource_templates[0] == {**template, "uriTemplate": "manifold://s/file:///{p}"}
-    for item in [*catalog.tools, *catalog.prompts, *catalog.resources, *catalog.resource_templates]:
-        assert all(item is not given for listing in listings for given in listing.tools)
+    given = {id(item) for item in [original, prompt, resource, template]}
+    exposed_ids = {
+        id(i) for i in [*catalog.tools, *catalog.prompts, *catalog.resources, *catalog.resource_templates]
+    }
+    assert not given & exposed_ids
 
 
 def test_empty_catalog() -> None:
@@ -295,7 +302,7 @@ def test_empty_catalog() -> None:
 # --- resources -----------------------------------------------------------------------------------
 
 
-def res(uri: str, **extra: object) -> dict:
+def res(uri: str, **extra: object) -> dict[str, Any]:
     return {"uri": uri, "name": uri, **extra}
 
 
@@ -352,8 +359,9 @@ def test_server_names_are_quoted_in_the_alias_host() -> None:
 
 
 def test_prefix_false_does_not_change_resources() -> None:
-    listing = dict(resources=[res("file:///x")], resource_templates=[{"uriTemplate": "file:///{p}"}])
-    assert build(ServerListing("s", prefix=False, **listing)) == build(ServerListing("s", **listing))
+    resources, templates = [res("file:///x")], [tpl("file:///{p}")]
+    unprefixed = build(ServerListing("s", prefix=False, resources=resources, resource_templates=templates))
+    assert unprefixed == build(ServerListing("s", resources=resources, resource_templates=templates))
 
 
 def test_duplicate_uris_within_one_server_keep_the_first() -> None:
@@ -379,7 +387,7 @@ def test_an_upstream_uri_that_is_another_items_alias_is_aliased_too() -> None:
 # --- resource templates --------------------------------------------------------------------------
 
 
-def tpl(template: str) -> dict:
+def tpl(template: str) -> dict[str, Any]:
     return {"uriTemplate": template, "name": template}
 
 
@@ -471,7 +479,9 @@ def test_shared_template_is_aliased_and_still_expandable() -> None:
 
 def test_exposed_uri_translates_upstream_notifications() -> None:
     catalog = build(
-        ServerListing("a", resources=[res("file:///r"), res("mem://u")], resource_templates=[tpl("file:///{p}")]),
+        ServerListing(
+            "a", resources=[res("file:///r"), res("mem://u")], resource_templates=[tpl("file:///{p}")]
+        ),
         ServerListing("b", resources=[res("file:///r")], resource_templates=[tpl("file:///{p}")]),
         ServerListing("c", resource_templates=[tpl("db://{t}")]),
     )
@@ -507,7 +517,7 @@ def tool_listings(draw: st.DrawFn) -> list[ServerListing]:
 @FAST
 @given(tool_listings(), st.randoms(use_true_random=False))
 def test_property_names_are_valid_unique_routable_and_order_free(
-    listings: list[ServerListing], random: object
+    listings: list[ServerListing], rng: random.Random
 ) -> None:
     catalog = Catalog.build(listings)
     exposed = names(catalog.tools)
@@ -520,10 +530,11 @@ def test_property_names_are_valid_unique_routable_and_order_free(
         assert catalog.exposed_tool_name(route.server, route.name) == name
     for listing in listings:
         for item in listing.tools:
-            name = catalog.exposed_tool_name(listing.server, item["name"])
-            assert name is not None and catalog.route_tool(name) == Route(listing.server, item["name"])
+            exposed_as = catalog.exposed_tool_name(listing.server, item["name"])
+            assert exposed_as is not None
+            assert catalog.route_tool(exposed_as) == Route(listing.server, item["name"])
     shuffled = list(listings)
-    random.shuffle(shuffled)  # type: ignore[attr-defined]
+    rng.shuffle(shuffled)
     assert Catalog.build(shuffled) == catalog
 
 

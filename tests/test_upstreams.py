@@ -1,7 +1,9 @@
 """The fixture upstream and the demo server, checked with the SDK's own client over real transports."""
 
+import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -14,12 +16,14 @@ from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.exceptions import MCPError
 from support import (
+    EVERYTHING,
     PYTHON,
     ProcessStartError,
     demo_command,
     demo_stdio_params,
     fixture_command,
     fixture_stdio_params,
+    http_upstream,
     running_process,
     start_http_upstream,
     together,
@@ -278,3 +282,16 @@ def test_wait_for() -> None:
 def test_stdio_params_helpers() -> None:
     assert isinstance(fixture_stdio_params(), StdioServerParameters)
     assert demo_stdio_params().args[:2] == ["-m", "manifold.demo"]
+
+
+async def test_http_upstream_async_helper_stops_its_process() -> None:
+    script = "import os, time; print('LISTENING http://127.0.0.1:9', os.getpid(), flush=True); time.sleep(60)"
+    async with http_upstream(command=lambda *args: [PYTHON, "-c", script, *args]) as ready:
+        url, pid = ready.split()
+        assert url == "http://127.0.0.1:9"
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)  # gone (and reaped)
+
+
+def test_everything_server_is_installed() -> None:
+    assert Path(EVERYTHING).is_file()

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 from urllib.parse import quote, unquote_to_bytes
 
-__all__ = ["NAME_RE", "Catalog", "Route", "ServerListing", "exposed_name"]
+__all__ = ["ALIAS_SCHEME", "NAME_RE", "Catalog", "Route", "ServerListing", "exposed_name"]
 
 NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
 ALIAS_SCHEME = "manifold://"

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import structlog
 from anyio.abc import TaskGroup
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS
+from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND, ErrorData
 
 from manifold.catalog import Catalog, Route, ServerListing
 from manifold.config import GatewayConfig, GatewaySettings, ServerConfig
@@ -25,6 +25,14 @@ from manifold.upstream.connection import ProgressFn, State, Upstream
 log = structlog.get_logger("manifold.gateway")
 
 ChangeListener = Callable[[Catalog, Catalog], None]
+
+
+class ClientBridge(Protocol):
+    """What the MCP face offers the gateway: a way back to the clients."""
+
+    async def server_request(self, upstream: Upstream, method: str, params: Any, caller: Any) -> Any: ...
+
+    async def server_notification(self, upstream: Upstream, notification: Any) -> None: ...
 
 
 class Gateway:
@@ -41,6 +49,7 @@ class Gateway:
         self._done: dict[str, anyio.Event] = {}
         self._tg: TaskGroup | None = None
         self._state_changed = anyio.Event()
+        self.bridge: ClientBridge | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -66,14 +75,14 @@ class Gateway:
         delays nobody for longer than its own limit.
         """
 
-        def pending() -> bool:
-            return any(u.state == State.CONNECTING and u.connects == 0 and u.restarts == 0 for u in self.upstreams.values())
-
         limit = timeout if timeout is not None else max((u.config.connect_timeout for u in self.upstreams.values()), default=0) + 1
         with anyio.move_on_after(limit):
-            while pending():
+            while self._starting():
                 self._state_changed = anyio.Event()
                 await self._state_changed.wait()
+
+    def _starting(self) -> bool:
+        return any(u.state == State.CONNECTING and u.connects == 0 and u.restarts == 0 for u in self.upstreams.values())
 
     def add_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Call `listener(old, new)` whenever the catalogue changes; returns an unsubscribe."""
@@ -91,7 +100,13 @@ class Gateway:
         if name in self.upstreams:
             raise ValueError(f"server '{name}' already exists")
         masker.add(config.secrets())
-        upstream = Upstream(name, config, on_change=self._on_upstream_change)
+        upstream = Upstream(
+            name,
+            config,
+            on_change=self._on_upstream_change,
+            on_notification=self._on_upstream_notification,
+            on_request=self._on_upstream_request,
+        )
         self.upstreams[name] = upstream
         done = self._done[name] = anyio.Event()
 
@@ -130,6 +145,38 @@ class Gateway:
         except KeyError:
             raise MCPError(INVALID_PARAMS, f"unknown server '{name}'") from None
 
+    async def _on_upstream_notification(self, upstream: Upstream, notification: Any) -> None:
+        if self.bridge is not None:
+            await self.bridge.server_notification(upstream, notification)
+
+    async def _on_upstream_request(self, upstream: Upstream, method: str, params: Any, caller: Any) -> Any:
+        if self.bridge is None:
+            return ErrorData(code=METHOD_NOT_FOUND, message=f"no client is connected to answer {method}")
+        return await self.bridge.server_request(upstream, method, params, caller)
+
+    async def fan_out(self, method: str, params: Mapping[str, Any] | None, *, capability: str | None = None) -> None:
+        """Send one request to every ready server (that has `capability`), concurrently.
+
+        A server that fails is logged and skipped: one upstream never fails
+        a request meant for all of them.
+        """
+
+        async def one(upstream: Upstream) -> None:
+            try:
+                await upstream.request(method, params)
+            except MCPError as exc:
+                upstream.log.info("fan-out request failed", method=method, error=exc.message)
+
+        async with anyio.create_task_group() as tg:
+            for upstream in list(self.upstreams.values()):
+                if upstream.ready and (capability is None or capability in upstream.capabilities):
+                    tg.start_soon(one, upstream)
+
+    async def notify_all(self, method: str, params: Mapping[str, Any] | None = None) -> None:
+        for upstream in list(self.upstreams.values()):
+            with anyio.move_on_after(2):
+                await upstream.notify(method, params)
+
     # --- catalogue -----------------------------------------------------------
 
     def _on_upstream_change(self, upstream: Upstream) -> None:
@@ -166,8 +213,19 @@ class Gateway:
 
     # --- routing -------------------------------------------------------------
 
-    def route_tool(self, name: str) -> tuple[Upstream, Route]:
-        route = self.catalog.route_tool(name)
+    async def _route(self, kind: str, key: str) -> Route | None:
+        """Find a route; if none, wait for servers still on their first connection, then look again.
+
+        `kind` names the catalogue method, looked up afresh: waiting replaces the catalogue.
+        """
+        route = getattr(self.catalog, kind)(key)
+        if route is None and self._starting():
+            await self.wait_settled()
+            route = getattr(self.catalog, kind)(key)
+        return route
+
+    async def route_tool(self, name: str) -> tuple[Upstream, Route]:
+        route = await self._route("route_tool", name)
         if route is None:
             raise MCPError(INVALID_PARAMS, f"unknown tool '{name}'")
         return self._upstream(route.server), route
@@ -180,7 +238,7 @@ class Gateway:
         meta: Mapping[str, Any] | None = None,
         on_progress: ProgressFn | None = None,
     ) -> dict[str, Any]:
-        upstream, route = self.route_tool(name)
+        upstream, route = await self.route_tool(name)
         params: dict[str, Any] = {"name": route.name, "arguments": dict(arguments or {})}
         if meta:
             params["_meta"] = {k: v for k, v in meta.items() if k != "progressToken"}
@@ -193,7 +251,7 @@ class Gateway:
     async def get_prompt(
         self, name: str, arguments: Mapping[str, Any] | None, *, meta: Mapping[str, Any] | None = None
     ) -> dict[str, Any]:
-        route = self.catalog.route_prompt(name)
+        route = await self._route("route_prompt", name)
         if route is None:
             raise MCPError(INVALID_PARAMS, f"unknown prompt '{name}'")
         params: dict[str, Any] = {"name": route.name}
@@ -203,8 +261,8 @@ class Gateway:
             params["_meta"] = dict(meta)
         return await self._upstream(route.server).request("prompts/get", params)
 
-    def route_resource(self, uri: str) -> tuple[Upstream, Route]:
-        route = self.catalog.route_resource(uri)
+    async def route_resource(self, uri: str) -> tuple[Upstream, Route]:
+        route = await self._route("route_resource", uri)
         if route is None:
             candidates = self.catalog.resource_candidates(uri)
             if len(candidates) > 1:
@@ -214,7 +272,7 @@ class Gateway:
         return self._upstream(route.server), route
 
     async def read_resource(self, uri: str, *, meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
-        upstream, route = self.route_resource(uri)
+        upstream, route = await self.route_resource(uri)
         params: dict[str, Any] = {"uri": route.name}
         if meta:
             params["_meta"] = dict(meta)
@@ -230,12 +288,12 @@ class Gateway:
         """Route completion/complete by its reference: a prompt name or a resource (template) URI."""
         ref = dict(params.get("ref") or {})
         if ref.get("type") == "ref/prompt":
-            route = self.catalog.route_prompt(str(ref.get("name")))
+            route = await self._route("route_prompt", str(ref.get("name")))
             if route is None:
                 raise MCPError(INVALID_PARAMS, f"unknown prompt '{ref.get('name')}'")
             ref["name"] = route.name
         else:
-            upstream, route = self.route_resource(str(ref.get("uri")))
+            _, route = await self.route_resource(str(ref.get("uri")))
             ref["uri"] = route.name
         forwarded = {**params, "ref": ref}
         return await self._upstream(route.server).request("completion/complete", forwarded)

@@ -11,7 +11,8 @@ Streamable HTTP is served at `/mcp`, SSE at `/sse` (messages at `/messages/`).
 What it offers (NAME is `--name`, default "fixture"):
 - tools `echo(text)` (text unchanged), `whoami()` (NAME), `fail(message)` (an isError result whose
   text is exactly `message`), `slow(seconds)` (sleeps, then returns "NAME slept <seconds>"),
-  `register_tool(name)` (adds a tool `name` returning "NAME:name" and sends tools/list_changed);
+  `register_tool(tool_name)` (adds that tool, returning "NAME:<tool_name>", and sends
+  tools/list_changed; the handshake advertises listChanged: true);
 - `--tools N`: tools `tool_0000` .. `tool_{N-1}`, each with its own description, one optional
   string argument `value`, returning "NAME:tool_XXXX:value";
 - `--long-names`: tools whose names a gateway must sanitize (see LONG_NAMES), returning "NAME:<tool name>";

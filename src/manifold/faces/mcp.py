@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import warnings
 import weakref
 from collections.abc import Sequence
 from typing import Any
@@ -21,11 +22,14 @@ from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS
+from mcp.shared.message import ServerMessageMetadata
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 
 from manifold import __version__
+from manifold.callers import CURRENT_CALLER
 from manifold.catalog import Catalog
 from manifold.gateway import Gateway
+from manifold.upstream.connection import Upstream
 
 log = structlog.get_logger("manifold.mcp")
 
@@ -49,7 +53,13 @@ class _ConnectionTracker:
         if connection not in self.connections:
             self.connections.add(connection)
             connection.exit_stack.callback(self.connections.discard, connection)
-        return await call_next(ctx)
+        if ctx.request_id is None:  # a notification causes no upstream requests to attribute
+            return await call_next(ctx)
+        token = CURRENT_CALLER.set(ctx)
+        try:
+            return await call_next(ctx)
+        finally:
+            CURRENT_CALLER.reset(token)
 
 
 class McpFace:
@@ -61,8 +71,10 @@ class McpFace:
         self.tracker = _ConnectionTracker()
         self._changed: set[str] = set()
         self._wake = anyio.Event()
+        self.subscriptions: dict[str, weakref.WeakSet[Connection]] = {}
         self.server = self._build()
         gateway.add_listener(self._on_catalog_change)
+        gateway.bridge = self
 
     def initialization_options(self) -> InitializationOptions:
         return self.server.create_initialization_options(
@@ -97,6 +109,79 @@ class McpFace:
                         await connection.send_prompt_list_changed()
                     if "resources" in kinds:
                         await connection.send_resource_list_changed()
+
+
+    # --- the way back: upstream requests and notifications to clients ---------------
+
+    def _attribute(self, upstream: Upstream, caller: Any) -> Any:
+        """The client request that caused `upstream` to ask, or the only client there is."""
+        if caller is not None:
+            return caller
+        distinct = {id(c.session._connection): c for c in upstream.callers}  # noqa: SLF001
+        if len(distinct) == 1:
+            return next(iter(distinct.values()))
+        if not distinct and len(self.tracker.connections) == 1:
+            return next(iter(self.tracker.connections))
+        return None
+
+    async def server_request(self, upstream: Upstream, method: str, params: Any, caller: Any) -> Any:
+        target = self._attribute(upstream, caller)
+        if target is None:
+            reason = "several clients have calls in flight" if upstream.callers else "no client call is in flight"
+            return types.ErrorData(code=INVALID_REQUEST, message=f"cannot route {method} from server '{upstream.name}': {reason}")
+        connection = target if isinstance(target, Connection) else target.session._connection  # noqa: SLF001
+        capability = _CAPABILITY[method]
+        if not connection.check_capability(capability):
+            return types.ErrorData(
+                code=INVALID_REQUEST,
+                message=f"server '{upstream.name}' asked for {method}, which the connected client does not support",
+            )
+        request, result_type = _request_model(method, params)
+        try:
+            if isinstance(target, Connection):
+                return await target.send_request(request)
+            return await target.session.send_request(
+                request, result_type, metadata=ServerMessageMetadata(related_request_id=target.request_id)
+            )
+        except MCPError as exc:
+            return exc.error
+
+    async def server_notification(self, upstream: Upstream, notification: Any) -> None:
+        if isinstance(notification, types.LoggingMessageNotification):
+            params = notification.params
+            logger = upstream.name if not params.logger else f"{upstream.name}/{params.logger}"
+            distinct = {id(c.session._connection): c for c in upstream.callers}  # noqa: SLF001
+            if len(distinct) == 1:
+                caller = next(iter(distinct.values()))
+                await caller.session.send_log_message(
+                    params.level, params.data, logger, related_request_id=caller.request_id
+                )
+                return
+            for connection in list(self.tracker.connections):
+                with anyio.move_on_after(NOTIFY_TIMEOUT):
+                    await connection.log(params.level, params.data, logger)
+        elif isinstance(notification, types.ResourceUpdatedNotification):
+            uri = self.gateway.catalog.exposed_uri(upstream.name, str(notification.params.uri))
+            for connection in list(self.subscriptions.get(uri, ())):
+                with anyio.move_on_after(NOTIFY_TIMEOUT):
+                    await connection.send_resource_updated(uri)
+
+    async def _subscribe(self, ctx: ServerRequestContext[Any, Any], uri: str) -> None:
+        upstream, route = await self.gateway.route_resource(uri)
+        subscribers = self.subscriptions.setdefault(uri, weakref.WeakSet())
+        if not subscribers:
+            await upstream.request("resources/subscribe", {"uri": route.name})
+        subscribers.add(ctx.session._connection)  # noqa: SLF001
+
+    async def _unsubscribe(self, ctx: ServerRequestContext[Any, Any], uri: str) -> None:
+        subscribers = self.subscriptions.get(uri)
+        if subscribers is None:
+            return
+        subscribers.discard(ctx.session._connection)  # noqa: SLF001
+        if not subscribers:
+            del self.subscriptions[uri]
+            upstream, route = await self.gateway.route_resource(uri)
+            await upstream.request("resources/unsubscribe", {"uri": route.name})
 
     # --- handlers ----------------------------------------------------------------
 
@@ -150,7 +235,25 @@ class McpFace:
         async def complete(ctx: ServerRequestContext[Any, Any], params: types.CompleteRequestParams) -> Any:
             return await gateway.complete(dict(ctx.params or {}))
 
-        server: Server[Any] = Server(
+        async def subscribe(ctx: ServerRequestContext[Any, Any], params: types.SubscribeRequestParams) -> Any:
+            await self._subscribe(ctx, params.uri)
+            return {}
+
+        async def unsubscribe(ctx: ServerRequestContext[Any, Any], params: types.UnsubscribeRequestParams) -> Any:
+            await self._unsubscribe(ctx, params.uri)
+            return {}
+
+        async def set_level(ctx: ServerRequestContext[Any, Any], params: types.SetLevelRequestParams) -> Any:
+            await gateway.fan_out("logging/setLevel", {"level": params.level}, capability="logging")
+            return {}
+
+        async def roots_changed(ctx: ServerRequestContext[Any, Any], params: Any) -> None:
+            await gateway.notify_all("notifications/roots/list_changed")
+
+        with warnings.catch_warnings():
+            # Logging and roots are deprecated in 2026-07-28 but alive in every handshake version.
+            warnings.simplefilter("ignore")
+            server: Server[Any] = Server(
             "manifold",
             version=__version__,
             on_list_tools=list_tools,
@@ -161,9 +264,29 @@ class McpFace:
             on_list_resource_templates=list_templates,
             on_read_resource=read_resource,
             on_completion=complete,
-        )
+            on_subscribe_resource=subscribe,
+            on_unsubscribe_resource=unsubscribe,
+            on_set_logging_level=set_level,
+            on_roots_list_changed=roots_changed,
+            )
         server.middleware.insert(0, self.tracker)
         return server
+
+
+_CAPABILITY = {
+    "sampling/createMessage": types.ClientCapabilities(sampling=types.SamplingCapability()),
+    "elicitation/create": types.ClientCapabilities(elicitation=types.ElicitationCapability()),
+    "roots/list": types.ClientCapabilities(roots=types.RootsCapability()),
+}
+
+
+def _request_model(method: str, params: Any) -> tuple[Any, Any]:
+    if method == "sampling/createMessage":
+        result = types.CreateMessageResultWithTools if params.tools else types.CreateMessageResult
+        return types.CreateMessageRequest(params=params), result
+    if method == "elicitation/create":
+        return types.ElicitRequest(params=params), types.ElicitResult
+    return types.ListRootsRequest(), types.ListRootsResult
 
 
 def _encode_cursor(offset: int) -> str:

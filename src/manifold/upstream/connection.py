@@ -24,6 +24,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
 
 from manifold import __version__
+from manifold.callers import CURRENT_CALLER
 from manifold.config import ServerConfig
 from manifold.upstream.transports import open_transport
 
@@ -107,6 +108,7 @@ class Upstream:
         *,
         on_change: Callable[[Upstream], None],
         on_notification: Callable[[Upstream, Any], Awaitable[None]] | None = None,
+        on_request: Callable[[Upstream, str, Any, Any], Awaitable[Any]] | None = None,
     ) -> None:
         self.name = name
         self.config = config
@@ -119,6 +121,8 @@ class Upstream:
         self.server_info: dict[str, Any] = {}
         self._on_change = on_change
         self._on_notification = on_notification
+        self._on_request = on_request
+        self.callers: list[Any] = []  # the client calls in flight here, for attributing server requests
         self._session: ClientSession | None = None
         self._wake = anyio.Event()
         self._relist = anyio.Event()
@@ -187,6 +191,10 @@ class Upstream:
                     read_timeout_seconds=self.config.connect_timeout,
                     message_handler=self._handle_message,
                     client_info=types.Implementation(name="manifold", version=__version__),
+                    sampling_callback=self._sampling,
+                    elicitation_callback=self._elicitation,
+                    list_roots_callback=self._list_roots,
+                    sampling_capabilities=types.SamplingCapability(tools=types.SamplingToolsCapability()),
                 )
                 await stack.enter_async_context(session)
                 init = await session.initialize()
@@ -285,6 +293,22 @@ class Upstream:
         if self._on_notification is not None:
             await self._on_notification(self, root)
 
+    # --- requests from the upstream, answered by the client that caused them -----
+
+    async def _ask_client(self, method: str, params: Any) -> Any:
+        if self._on_request is None:
+            return types.ErrorData(code=INTERNAL_ERROR, message=f"no client can answer {method}")
+        return await self._on_request(self, method, params, CURRENT_CALLER.get())
+
+    async def _sampling(self, context: Any, params: types.CreateMessageRequestParams) -> Any:
+        return await self._ask_client("sampling/createMessage", params)
+
+    async def _elicitation(self, context: Any, params: types.ElicitRequestParams) -> Any:
+        return await self._ask_client("elicitation/create", params)
+
+    async def _list_roots(self, context: Any) -> Any:
+        return await self._ask_client("roots/list", None)
+
     # --- requests ----------------------------------------------------------------
 
     @property
@@ -323,6 +347,9 @@ class Upstream:
         # The session's version stamp (protocol headers on HTTP) without a
         # round trip through the typed request models.
         session._stamp(data, opts)  # noqa: SLF001
+        caller = CURRENT_CALLER.get()
+        if caller is not None:
+            self.callers.append(caller)
         try:
             return await session._dispatcher.send_raw_request(method, data.get("params"), opts)  # noqa: SLF001
         except MCPError as exc:
@@ -337,6 +364,9 @@ class Upstream:
             raise UpstreamError(exc.code, f"server '{self.name}': {exc.message}", exc.data) from exc
         except Exception as exc:  # transport faults surface as plain exceptions
             raise UpstreamError(INTERNAL_ERROR, f"server '{self.name}': {_describe(exc)}") from exc
+        finally:
+            if caller is not None:
+                self.callers.remove(caller)
 
     async def notify(self, method: str, params: Mapping[str, Any] | None) -> None:
         session = self._session
