@@ -303,3 +303,46 @@ def test_stdout_carries_only_frames_and_every_process_stops(tmp_path: Path) -> N
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_secrets_never_reach_a_log_line(tmp_path: Path, http_upstreams: dict[str, str]) -> None:
+    token = "sekrit-token-8c1f"  # the upstream wants another value, so it answers 401 and we log why
+    servers = {
+        "alpha": fixture_stdio("alpha", env={"API_KEY": "env-secret-77aa"}),
+        "gamma": {
+            "mcp_server_type": "streamable_http",
+            "server_url": http_upstreams["gamma"],
+            "auth_header": "X-Api-Key",
+            "auth_token": token,
+            "custom_headers": {"X-Team": "header-secret-31b"},
+            "connect_timeout": 3,
+        },
+    }
+    config = write_config(tmp_path, servers)
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "manifold", "serve", "--config", str(config), "--log-level", "debug"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        assert proc.stdin is not None and proc.stderr is not None
+        seen: list[str] = []
+        # Read until the failed connection has been logged, then shut down.
+        for line in proc.stderr:
+            seen.append(line)
+            if "gamma" in line and "failed" in line:
+                break
+        proc.stdin.close()
+        seen.append(proc.stderr.read())
+        proc.wait(timeout=20)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = "".join(seen)
+    assert "gamma" in text
+    for secret in (token, "env-secret-77aa", "header-secret-31b"):
+        assert secret not in text
