@@ -163,3 +163,10 @@ def test_validate_and_serve_stop_on_a_bad_config(tmp_path: Path) -> None:
         [sys.executable, "-m", "manifold", "validate", "--json", "--config", str(bad)], capture_output=True, text=True
     )
     assert proc.returncode == 1 and json.loads(proc.stdout)["valid"] is False
+
+
+def test_tool_shaping_keys_are_validated() -> None:
+    found = problems({"mcp_servers": {"a": {"mcp_server_type": "stdio", "command": "x", "tools": {"allow": "echo", "hide": []}}}})
+    text = "\n".join(found)
+    assert "server 'a': field 'tools.allow'" in text
+    assert "server 'a': field 'tools.hide': unknown key" in text

@@ -346,3 +346,23 @@ async def test_secrets_never_reach_a_log_line(tmp_path: Path, http_upstreams: di
     assert "gamma" in text
     for secret in (token, "env-secret-77aa", "header-secret-31b"):
         assert secret not in text
+
+
+async def test_tool_filters_renames_and_descriptions(tmp_path: Path) -> None:
+    shaping = {
+        "allow": ["echo", "who*", "fail"],
+        "deny": ["fail"],
+        "rename": {"whoami": "identity"},
+        "descriptions": {"echo": "Repeat it."},
+    }
+    config = write_config(tmp_path, {"alpha": fixture_stdio("alpha", tools=shaping), "beta": fixture_stdio("beta")})
+    async with stdio_gateway(config) as session:
+        tools = {t.name: t for t in (await session.list_tools()).tools}
+        alpha = sorted(name for name in tools if name.startswith("alpha__"))
+        assert alpha == ["alpha__echo", "alpha__identity"]
+        assert tools["alpha__echo"].description == "Repeat it."
+        assert "beta__fail" in tools  # another server's tools are untouched
+        assert text_of(await session.call_tool("alpha__identity", {})) == "alpha"
+        for hidden in ("alpha__fail", "alpha__whoami", "alpha__slow"):
+            with pytest.raises(MCPError, match="unknown tool"):
+                await session.call_tool(hidden, {"message": "x"})

@@ -18,7 +18,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND, ErrorData
 
 from manifold.catalog import Catalog, Route, ServerListing
-from manifold.config import GatewayConfig, GatewaySettings, ServerConfig
+from manifold.config import GatewayConfig, GatewaySettings, ServerConfig, ToolShaping
 from manifold.logging import masker
 from manifold.upstream.connection import ProgressFn, State, Upstream
 
@@ -33,6 +33,24 @@ class ClientBridge(Protocol):
     async def server_request(self, upstream: Upstream, method: str, params: Any, caller: Any) -> Any: ...
 
     async def server_notification(self, upstream: Upstream, notification: Any) -> None: ...
+
+
+def shape_tools(tools: list[dict[str, Any]], shaping: ToolShaping | None) -> list[dict[str, Any]]:
+    """Apply a server's allow/deny globs, renames and description overrides."""
+    if shaping is None:
+        return tools
+    shaped = []
+    for tool in tools:
+        name = tool.get("name")
+        if not isinstance(name, str) or not shaping.exposes(name):
+            continue
+        if name in shaping.rename or name in shaping.descriptions:
+            tool = dict(tool)
+            tool["name"] = shaping.rename.get(name, name)
+            if name in shaping.descriptions:
+                tool["description"] = shaping.descriptions[name]
+        shaped.append(tool)
+    return shaped
 
 
 class Gateway:
@@ -198,7 +216,7 @@ class Gateway:
                 ServerListing(
                     server=name,
                     prefix=upstream.config.prefix,
-                    tools=listing.tools,
+                    tools=shape_tools(listing.tools, upstream.config.tools),
                     prompts=listing.prompts,
                     resources=listing.resources,
                     resource_templates=listing.resource_templates,
@@ -225,10 +243,16 @@ class Gateway:
         return route
 
     async def route_tool(self, name: str) -> tuple[Upstream, Route]:
+        """The server and the upstream's own tool name for an exposed name."""
         route = await self._route("route_tool", name)
         if route is None:
             raise MCPError(INVALID_PARAMS, f"unknown tool '{name}'")
-        return self._upstream(route.server), route
+        upstream = self._upstream(route.server)
+        shaping = upstream.config.tools
+        if shaping is not None and shaping.rename:
+            original = {new: old for old, new in shaping.rename.items()}.get(route.name, route.name)
+            route = Route(route.server, original)
+        return upstream, route
 
     async def call_tool(
         self,
@@ -245,8 +269,11 @@ class Gateway:
         return await upstream.request("tools/call", params, on_progress=on_progress)
 
     async def call_upstream_tool(self, server: str, tool: str, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
-        """Call a tool by its upstream name (the management API's run)."""
-        return await self._upstream(server).request("tools/call", {"name": tool, "arguments": dict(arguments or {})})
+        """Call a tool by its upstream name (the management API's run); filtered-out tools stay uncallable."""
+        upstream = self._upstream(server)
+        if upstream.config.tools is not None and not upstream.config.tools.exposes(tool):
+            raise MCPError(INVALID_PARAMS, f"tool '{tool}' of server '{server}' is not exposed by this gateway")
+        return await upstream.request("tools/call", {"name": tool, "arguments": dict(arguments or {})})
 
     async def get_prompt(
         self, name: str, arguments: Mapping[str, Any] | None, *, meta: Mapping[str, Any] | None = None
