@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -31,6 +32,22 @@ class ConfigError(Exception):
         super().__init__("\n".join(problems))
 
 
+class ToolShaping(BaseModel):
+    """Which of a server's tools are exposed, and under what name and description."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    allow: list[str] | None = Field(None, description="Glob patterns; when set, only matching tools are exposed.")
+    deny: list[str] = Field(default_factory=list, description="Glob patterns of tools never exposed.")
+    rename: dict[str, str] = Field(default_factory=dict, description="Upstream tool name -> exposed tool name.")
+    descriptions: dict[str, str] = Field(default_factory=dict, description="Upstream tool name -> description.")
+
+    def exposes(self, name: str) -> bool:
+        if self.allow is not None and not any(fnmatchcase(name, pattern) for pattern in self.allow):
+            return False
+        return not any(fnmatchcase(name, pattern) for pattern in self.deny)
+
+
 class ManifoldOptions(BaseModel):
     """Manifold's own per-server keys, beside the Letta fields."""
 
@@ -40,6 +57,7 @@ class ManifoldOptions(BaseModel):
     timeout: float = Field(60.0, gt=0, description="Seconds one request to this server may take.")
     connect_timeout: float = Field(15.0, gt=0, description="Seconds to start and initialize the server.")
     enabled: bool = True
+    tools: ToolShaping | None = Field(None, description="Filter, rename and re-describe this server's tools.")
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line or an unmasked response."""
@@ -116,6 +134,12 @@ class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     separator: str = "__"
+    allow_stdio_api: bool = Field(
+        True, description="Whether the management API may register stdio servers (commands run on this host)."
+    )
+    show_secrets: bool = Field(
+        False, description="Show auth tokens, env values and header values unmasked in API responses."
+    )
 
     @field_validator("separator")
     @classmethod
