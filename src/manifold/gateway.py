@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any, Protocol
 
 import anyio
@@ -54,16 +55,19 @@ def shape_tools(tools: list[dict[str, Any]], shaping: ToolShaping | None) -> lis
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig | None = None) -> None:
+    def __init__(self, config: GatewayConfig | None = None, *, reload: bool = False, watch: bool = True) -> None:
         config = config or GatewayConfig()
         self.settings: GatewaySettings = config.gateway
         self.config_path = config.path
-        self._initial = dict(config.servers)
+        self.reload = reload  # reload the config file on SIGHUP ...
+        self.watch = watch  # ... and whenever it changes
+        self.config_servers = dict(config.servers)
         self.upstreams: dict[str, Upstream] = {}
         self.catalog = Catalog.build([], separator=self.settings.separator)
         self._built_from: dict[str, int] = {}
         self._listeners: list[ChangeListener] = []
         self._state_listeners: list[Callable[[Upstream], None]] = []
+        self._reload_listeners: list[Callable[[list[str], list[str], list[str]], Any]] = []
         self._done: dict[str, anyio.Event] = {}
         self._tg: TaskGroup | None = None
         self._state_changed = anyio.Event()
@@ -76,8 +80,12 @@ class Gateway:
         """Start every configured server concurrently; stop them all on exit."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
-            for name, config in self._initial.items():
+            for name, config in self.config_servers.items():
                 self.add_server(name, config)
+            if self.reload and self.config_path is not None:
+                from manifold.reload import watch_config
+
+                tg.start_soon(partial(watch_config, self, self.config_path, files=self.watch))
             try:
                 yield self
             finally:
@@ -151,6 +159,34 @@ class Gateway:
     async def replace_server(self, name: str, config: ServerConfig, new_name: str | None = None) -> Upstream:
         await self.remove_server(name)
         return self.add_server(new_name or name, config)
+
+    async def apply_config(self, config: GatewayConfig) -> dict[str, list[str]]:
+        """Move the config-file servers to `config`, touching only what changed."""
+        old, new = self.config_servers, dict(config.servers)
+        added = [name for name in new if name not in old]
+        removed = [name for name in old if name not in new]
+        changed = [name for name in new if name in old and new[name] != old[name]]
+        self.config_servers = new
+        separator_changed = config.gateway.separator != self.settings.separator
+        self.settings = config.gateway
+        for name in removed:
+            await self.remove_server(name)
+        for name in changed:
+            await self.replace_server(name, new[name])
+        for name in added:
+            if name in self.upstreams:  # an API server of that name is already running
+                log.warning("config server name taken by an API server; skipped", server=name)
+                continue
+            self.add_server(name, new[name])
+        if separator_changed:
+            self._rebuild()
+        for listener in list(self._reload_listeners):
+            await listener(added, changed, removed)
+        return {"added": added, "changed": changed, "removed": removed}
+
+    def add_reload_listener(self, listener: Callable[[list[str], list[str], list[str]], Any]) -> None:
+        """Awaited after a config reload with the added, changed and removed server names."""
+        self._reload_listeners.append(listener)
 
     async def refresh_server(self, name: str) -> Upstream:
         upstream = self._upstream(name)
