@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
+import time
 from typing import Any, Protocol
 
 import anyio
@@ -21,6 +22,7 @@ from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND, ErrorData
 from manifold.catalog import Catalog, Route, ServerListing
 from manifold.config import GatewayConfig, GatewaySettings, ServerConfig, ToolShaping
 from manifold.logging import masker
+from manifold.metrics import Metrics
 from manifold.upstream.connection import ProgressFn, State, Upstream
 
 log = structlog.get_logger("manifold.gateway")
@@ -72,6 +74,7 @@ class Gateway:
         self._tg: TaskGroup | None = None
         self._state_changed = anyio.Event()
         self.bridge: ClientBridge | None = None
+        self.metrics = Metrics()
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -302,7 +305,14 @@ class Gateway:
         params: dict[str, Any] = {"name": route.name, "arguments": dict(arguments or {})}
         if meta:
             params["_meta"] = {k: v for k, v in meta.items() if k != "progressToken"}
-        return await upstream.request("tools/call", params, on_progress=on_progress)
+        started = time.perf_counter()
+        outcome = "failed"
+        try:
+            result = await upstream.request("tools/call", params, on_progress=on_progress)
+            outcome = "error" if result.get("isError") else "ok"
+            return result
+        finally:
+            self.metrics.observe_call(upstream.name, route.name, time.perf_counter() - started, outcome)
 
     async def call_upstream_tool(self, server: str, tool: str, arguments: Mapping[str, Any] | None) -> dict[str, Any]:
         """Call a tool by its upstream name (the management API's run); filtered-out tools stay uncallable."""
