@@ -134,6 +134,11 @@ class GatewaySettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     separator: str = "__"
+    catalog_mode: Literal["full", "search", "auto"] = Field(
+        "full", description="full: list every tool; search: list a search tool instead; auto: search past a size."
+    )
+    search_threshold_tokens: int = Field(20000, gt=0, description="Estimated tools/list tokens at which auto searches.")
+    pinned: list[str] = Field(default_factory=list, description="Globs of exposed tool names always listed directly.")
     allow_stdio_api: bool = Field(
         True, description="Whether the management API may register stdio servers (commands run on this host)."
     )

@@ -28,6 +28,7 @@ from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 from manifold import __version__
 from manifold.callers import CURRENT_CALLER
 from manifold.catalog import Catalog
+from manifold.faces.disclosure import META_NAMES, Disclosure
 from manifold.gateway import Gateway
 from manifold.upstream.connection import Upstream
 
@@ -72,6 +73,7 @@ class McpFace:
         self._changed: set[str] = set()
         self._wake = anyio.Event()
         self.subscriptions: dict[str, weakref.WeakSet[Connection]] = {}
+        self.disclosure = Disclosure(gateway)
         self.server = self._build()
         gateway.add_listener(self._on_catalog_change)
         gateway.bridge = self
@@ -110,6 +112,14 @@ class McpFace:
                     if "resources" in kinds:
                         await connection.send_resource_list_changed()
 
+
+    def _mode(self, ctx: ServerRequestContext[Any, Any]) -> str:
+        """The catalogue mode of this client: `/mcp?mode=search` overrides the gateway's."""
+        state = ctx.session._connection.state  # noqa: SLF001
+        if "manifold_mode" not in state:
+            query = getattr(ctx.request, "query_params", None)
+            state["manifold_mode"] = query.get("mode") if query is not None else None
+        return self.disclosure.effective_mode(state["manifold_mode"])
 
     # --- the way back: upstream requests and notifications to clients ---------------
 
@@ -185,12 +195,14 @@ class McpFace:
 
     # --- handlers ----------------------------------------------------------------
 
-    async def _page(self, kind: str, key: str, params: types.PaginatedRequestParams | None) -> dict[str, Any]:
+    async def _page(self, kind: str, key: str, params: types.PaginatedRequestParams | None, mode: str = "full") -> dict[str, Any]:
         # The first lists wait for servers still making their first connection
         # (bounded by their connect timeout): clients that list once at start-up
         # and ignore list_changed still see everything that came up.
         await self.gateway.wait_settled()
-        items: Sequence[dict[str, Any]] = getattr(self.gateway.catalog, kind)
+        items: Sequence[dict[str, Any]] = (
+            self.disclosure.listed_tools(mode) if kind == "tools" else getattr(self.gateway.catalog, kind)
+        )
         start = _decode_cursor(params.cursor) if params and params.cursor else 0
         end = start + self.page_size
         result: dict[str, Any] = {key: list(items[start:end])}
@@ -202,7 +214,7 @@ class McpFace:
         gateway = self.gateway
 
         async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
-            return await self._page("tools", "tools", params)
+            return await self._page("tools", "tools", params, self._mode(ctx))
 
         async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
             meta = _raw_meta(ctx)
@@ -215,6 +227,8 @@ class McpFace:
                         token, progress, total, message, related_request_id=ctx.request_id
                     )
 
+            if params.name in META_NAMES:
+                return await self.disclosure.call(params.name, params.arguments or {}, meta, on_progress)
             return await gateway.call_tool(params.name, params.arguments, meta=meta, on_progress=on_progress)
 
         async def list_prompts(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:

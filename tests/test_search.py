@@ -1,0 +1,119 @@
+"""Search mode: a few tools that find, describe and call the rest of the catalogue."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import anyio
+import mcp_types as types
+import pytest
+from mcp.client.session import ClientSession
+from mcp.shared.memory import create_client_server_memory_streams
+from support import FIXTURE
+
+from manifold.config import parse_config
+from manifold.faces.mcp import McpFace
+from manifold.gateway import Gateway
+from manifold.search import ToolIndex, estimate_tokens, stem
+
+pytestmark = pytest.mark.anyio
+
+
+def tool(name: str, description: str, **params: str) -> dict[str, Any]:
+    props = {key: {"type": "string", "description": text} for key, text in params.items()}
+    return {"name": name, "description": description, "inputSchema": {"type": "object", "properties": props}}
+
+
+CATALOG = [
+    tool("github__create_issue", "Create a new issue in a GitHub repository.", title="Issue title", body="Body"),
+    tool("github__search_code", "Search code across repositories.", query="Search query"),
+    tool("fs__read_file", "Read the complete contents of a file from disk.", path="Path of the file"),
+    tool("fs__list_directory", "List the entries of a directory.", path="Directory path"),
+    tool("slack__post_message", "Post a message to a Slack channel.", channel="Channel id", text="Message text"),
+    tool("weather__get_forecast", "Get the weather forecast for a location.", latitude="Lat", longitude="Lon"),
+    tool("time__get_current_time", "Current time in a timezone.", timezone="IANA timezone name"),
+]
+
+
+def index() -> ToolIndex:
+    return ToolIndex(CATALOG, lambda name: name.split("__")[0])
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("open a bug ticket on github", "github__create_issue"),
+        ("find where a function is defined in our repos", "github__search_code"),
+        ("show me what's inside config.yaml", "fs__read_file"),
+        ("list everything in this folder", "fs__list_directory"),
+        ("tell the team channel that the deploy is done", "slack__post_message"),
+        ("will it rain tomorrow in Paris", "weather__get_forecast"),
+        ("what time is it in Tokyo", "time__get_current_time"),
+    ],
+)
+def test_realistic_queries_find_the_right_tool_first(query: str, expected: str) -> None:
+    hits = index().search(query, 3)
+    assert hits and hits[0].name == expected, [h.name for h in hits]
+
+
+def test_search_results_carry_server_and_one_line() -> None:
+    hit = index().search("post slack message", 1)[0]
+    assert (hit.name, hit.server, hit.description) == (
+        "slack__post_message",
+        "slack",
+        "Post a message to a Slack channel.",
+    )
+    assert index().search("zzz qqq", 5) == []
+    assert stem("files") == stem("file") and stem("searching") == stem("search")
+
+
+def test_search_mode_is_far_smaller_than_the_full_list() -> None:
+    big = [tool(f"srv__tool_{i}", f"Tool number {i} does a thing with widgets and gadgets.", a="x", b="y") for i in range(500)]
+    from manifold.faces.disclosure import META_TOOLS
+
+    assert estimate_tokens(META_TOOLS) < 0.05 * estimate_tokens(big)
+
+
+def fixture(name: str) -> dict[str, Any]:
+    return {"mcp_server_type": "stdio", "command": sys.executable, "args": [FIXTURE, "--name", name, "--tools", "20"]}
+
+
+async def test_search_mode_through_the_mcp_face() -> None:
+    gateway = Gateway(
+        parse_config(
+            {
+                "gateway": {"catalog_mode": "search", "pinned": ["alpha__whoami"]},
+                "mcp_servers": {"alpha": fixture("alpha"), "beta": fixture("beta")},
+            }
+        )
+    )
+    face = McpFace(gateway)
+    async with gateway.running(), create_client_server_memory_streams() as (client_streams, server_streams):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: face.server.run(*server_streams, face.initialization_options()))
+            async with ClientSession(*client_streams) as session:
+                await session.initialize()
+                listed = {t.name for t in (await session.list_tools()).tools}
+                assert listed == {"alpha__whoami", "manifold__search_tools", "manifold__describe_tools", "manifold__call_tool"}
+
+                found = await session.call_tool("manifold__search_tools", {"query": "repeat my text back unchanged"})
+                results = found.structured_content["results"]
+                assert results[0]["name"] in {"alpha__echo", "beta__echo"}
+
+                described = await session.call_tool("manifold__describe_tools", {"names": ["beta__echo", "nope"]})
+                payload = described.structured_content
+                assert payload["tools"][0]["inputSchema"]["required"] == ["text"] and payload["unknown"] == ["nope"]
+
+                bad = await session.call_tool("manifold__call_tool", {"name": "beta__echo", "arguments": {"text": 5}})
+                assert bad.is_error and "invalid arguments for 'beta__echo'" in bad.content[0].text
+                unknown = await session.call_tool("manifold__call_tool", {"name": "gamma__echo", "arguments": {}})
+                assert unknown.is_error and "unknown tool 'gamma__echo'" in unknown.content[0].text
+                ok = await session.call_tool("manifold__call_tool", {"name": "beta__whoami", "arguments": {}})
+                assert isinstance(ok.content[0], types.TextContent) and ok.content[0].text == "beta"
+                # Pinned tools stay directly callable, and prompts are unaffected.
+                assert (await session.call_tool("alpha__whoami", {})).content[0].text == "alpha"
+                assert {p.name for p in (await session.list_prompts()).prompts} == {"alpha__greet", "beta__greet"}
+            tg.cancel_scope.cancel()
+    assert json.dumps(results)  # results are plain JSON
