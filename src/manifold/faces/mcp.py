@@ -63,6 +63,34 @@ class _ConnectionTracker:
             CURRENT_CALLER.reset(token)
 
 
+class _FastToolCall:
+    """tools/call straight to the gateway, skipping the SDK's per-version model round trips.
+
+    The SDK validates a request's params against the protocol models, builds
+    the typed params, then validates and re-serialises the result. For a
+    well-formed call the gateway needs none of that: it forwards the params
+    it was given and returns the upstream's result as written. Anything
+    unusual (not yet initialised, odd params, a search-mode tool) takes the
+    normal path, so its errors are the SDK's own.
+    """
+
+    def __init__(self, face: McpFace) -> None:
+        self.face = face
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        params = ctx.params
+        if (
+            ctx.method != "tools/call"
+            or params is None
+            or not isinstance(name := params.get("name"), str)
+            or name in META_NAMES
+            or not isinstance(arguments := params.get("arguments", {}), dict)
+            or not ctx.session._connection.initialize_accepted  # noqa: SLF001
+        ):
+            return await call_next(ctx)
+        return await self.face.call_tool(ctx, name, arguments)
+
+
 class McpFace:
     """Builds the low-level server and broadcasts list_changed to every client."""
 
@@ -112,6 +140,21 @@ class McpFace:
                     if "resources" in kinds:
                         await connection.send_resource_list_changed()
 
+
+    async def call_tool(self, ctx: ServerRequestContext[Any, Any], name: str, arguments: dict[str, Any]) -> Any:
+        meta = _raw_meta(ctx)
+        token = meta.get("progressToken") if meta else None
+        on_progress = None
+        if token is not None:
+
+            async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+                await ctx.session.send_progress_notification(
+                    token, progress, total, message, related_request_id=ctx.request_id
+                )
+
+        if name in META_NAMES:
+            return await self.disclosure.call(name, arguments, meta, on_progress)
+        return await self.gateway.call_tool(name, arguments, meta=meta, on_progress=on_progress)
 
     def _mode(self, ctx: ServerRequestContext[Any, Any]) -> str:
         """The catalogue mode of this client: `/mcp?mode=search` overrides the gateway's."""
@@ -217,19 +260,7 @@ class McpFace:
             return await self._page("tools", "tools", params, self._mode(ctx))
 
         async def call_tool(ctx: ServerRequestContext[Any, Any], params: types.CallToolRequestParams) -> Any:
-            meta = _raw_meta(ctx)
-            token = meta.get("progressToken") if meta else None
-            on_progress = None
-            if token is not None:
-
-                async def on_progress(progress: float, total: float | None, message: str | None) -> None:
-                    await ctx.session.send_progress_notification(
-                        token, progress, total, message, related_request_id=ctx.request_id
-                    )
-
-            if params.name in META_NAMES:
-                return await self.disclosure.call(params.name, params.arguments or {}, meta, on_progress)
-            return await gateway.call_tool(params.name, params.arguments, meta=meta, on_progress=on_progress)
+            return await self.call_tool(ctx, params.name, params.arguments or {})
 
         async def list_prompts(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
             return await self._page("prompts", "prompts", params)
@@ -284,6 +315,7 @@ class McpFace:
             on_roots_list_changed=roots_changed,
             )
         server.middleware.insert(0, self.tracker)
+        server.middleware.append(_FastToolCall(self))  # innermost: tracing still wraps it
         return server
 
 
