@@ -1,0 +1,55 @@
+"""Talk to a running gateway: its MCP face for tools and calls, /healthz for server states."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx2
+import mcp_types as types
+from mcp.client.session import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+
+
+def _base(url: str) -> str:
+    url = url.rstrip("/")
+    return url[: -len("/mcp")] if url.endswith("/mcp") else url
+
+
+@asynccontextmanager
+async def session(url: str) -> AsyncIterator[ClientSession]:
+    async with httpx2.AsyncClient(timeout=httpx2.Timeout(30.0, read=300.0)) as client:
+        async with streamable_http_client(_base(url) + "/mcp", http_client=client) as (read, write):
+            async with ClientSession(read, write) as mcp:
+                await mcp.initialize()
+                yield mcp
+
+
+async def health(url: str) -> dict[str, Any]:
+    async with httpx2.AsyncClient(timeout=10.0) as client:
+        response = await client.get(_base(url) + "/healthz")
+        response.raise_for_status()
+        return dict(response.json())
+
+
+async def list_tools(url: str) -> list[dict[str, Any]]:
+    """Every tool of the gateway at `url`, with the server each belongs to."""
+    servers = sorted((await health(url))["servers"], key=len, reverse=True)
+    rows: list[dict[str, Any]] = []
+    async with session(url) as mcp:
+        cursor = None
+        while True:
+            page = await mcp.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+            for tool in page.tools:
+                owner = next((s for s in servers if tool.name.startswith(s.replace(".", "_") + "__")), "")
+                rows.append({"name": tool.name, "server": owner, "description": tool.description or ""})
+            cursor = page.next_cursor
+            if not cursor:
+                return rows
+
+
+async def call_tool(url: str, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    async with session(url) as mcp:
+        result = await mcp.call_tool(name, arguments)
+        return result.model_dump(mode="json", by_alias=True, exclude_none=True)
