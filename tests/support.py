@@ -39,7 +39,7 @@ PYTHON = sys.executable
 FIXTURE = str(TESTS / "upstreams" / "fixture_server.py")
 EVERYTHING = str(TESTS / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js")
 READY_PREFIX = "LISTENING "
-START_TIMEOUT = 20.0
+START_TIMEOUT = 60.0
 """Seconds a server gets to print its ready line (generous: CI machines are slow)."""
 STOP_TIMEOUT = 5.0
 """Seconds a server gets to exit after SIGTERM before it is killed."""

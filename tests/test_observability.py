@@ -84,3 +84,18 @@ async def test_a_call_is_one_trace_from_client_to_upstream() -> None:
     # The upstream call is a child of the client's call, in the same trace.
     assert upstream[0].context.trace_id == server[0].context.trace_id
     assert upstream[0].parent is not None and upstream[0].parent.span_id == server[0].context.span_id
+
+
+def test_metrics_endpoint_of_the_http_gateway(tmp_path: Any) -> None:
+    import httpx2
+    import yaml
+    from support import PYTHON, running_process, subprocess_env
+
+    config = tmp_path / "m.yaml"
+    config.write_text(yaml.safe_dump({"mcp_servers": {"alpha": fixture("alpha")}}))
+    cmd = [PYTHON, "-m", "manifold", "serve", "--transport", "http", "--port", "0", "--config", str(config)]
+    with running_process(cmd, env=subprocess_env({"MANIFOLD_DB": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"})) as (_, url):
+        response = httpx2.get(url + "/metrics")
+        assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+        names = {family.name for family in text_string_to_metric_families(response.text)}
+        assert {"manifold_upstream_state", "manifold_connected_clients", "manifold_catalog_tools"} <= names

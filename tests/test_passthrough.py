@@ -196,3 +196,41 @@ async def test_sixteen_clients_each_get_their_own_samplings_and_progress(tmp_pat
     for i in range(16):
         assert answers[i] == [f"proto:c{i} answers q{r}" for r in range(3)], json.dumps(answers[i])
         assert progress[i] == 2
+
+
+async def test_old_client_new_upstream_and_new_client_old_upstream(tmp_path: Path) -> None:
+    """A 2024-11-05 client through Manifold to an SDK 2.x upstream, and a stateless 2026-07-28
+    client through Manifold to server-everything (TypeScript, handshake era): nothing dropped."""
+    from mcp import Client
+    from support import EVERYTHING
+
+    config = write_config(
+        tmp_path,
+        {
+            "alpha": fixture_stdio("alpha"),
+            "everything": {"mcp_server_type": "stdio", "command": "node", "args": [EVERYTHING, "stdio"]},
+        },
+    )
+    cmd = [PYTHON, "-m", "manifold", "serve", "--transport", "http", "--port", "0", "--config", str(config)]
+    env = subprocess_env({"MANIFOLD_DB": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"})
+    with running_process(cmd, env=env) as (_, base):
+        # Old client: the oldest handshake version, spoken by hand.
+        headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+        async with httpx2.AsyncClient(base_url=base, headers=headers, timeout=30) as http:
+            init = await http.post("/mcp", json={"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+                "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "old", "version": "0"}}})
+            assert init.status_code == 200
+            session_headers = {"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2024-11-05"}
+            assert '"protocolVersion":"2024-11-05"' in init.text.replace(" ", "")
+            await http.post("/mcp", headers=session_headers, json={"jsonrpc": "2.0", "method": "notifications/initialized"})
+            called = await http.post("/mcp", headers=session_headers, json={
+                "jsonrpc": "2.0", "id": 2, "method": "tools/call", "params": {"name": "alpha__whoami", "arguments": {}}})
+            assert '"text":"alpha"' in called.text.replace(" ", "")
+
+        # New client: stateless 2026-07-28 (server/discover, no initialize, no session).
+        async with Client(base + "/mcp", mode="2026-07-28") as modern:
+            names = {tool.name for tool in (await modern.list_tools()).tools}
+            assert {"everything__echo", "alpha__whoami"} <= names  # the legacy upstream's tools are all there
+            echoed = await modern.call_tool("everything__echo", {"message": "from 2026"})
+            assert "from 2026" in text_of(echoed)
+            assert text_of(await modern.call_tool("alpha__whoami", {})) == "alpha"

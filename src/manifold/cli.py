@@ -51,6 +51,7 @@ def main() -> None:
 @click.option("--api-token-file", type=click.Path(dir_okay=False, exists=True), default=None)
 @click.option("--log-level", default="info", show_default=True)
 @click.option("--log-format", type=click.Choice(["console", "json"]), default="console", show_default=True)
+@click.option("--watch/--no-watch", default=True, show_default=True, help="Reload the config when it changes (SIGHUP always does).")
 def serve(
     config_path: str | None,
     transport: str,
@@ -60,43 +61,88 @@ def serve(
     api_token_file: str | None,
     log_level: str,
     log_format: str,
+    watch: bool,
 ) -> None:
     """Serve the merged catalogue over stdio (default) or HTTP."""
     setup_logging(log_level, log_format)
     config = _load(config_path)
     from manifold.gateway import Gateway
+    from manifold.tracing import setup_tracing
 
-    gateway = Gateway(config)
+    setup_tracing()
+
+    gateway = Gateway(config, reload=config.path is not None, watch=watch)
+    registry = _registry(gateway, db)
     try:
         if transport == "stdio":
-            anyio.run(_serve_stdio, gateway)
+            anyio.run(_serve_stdio, gateway, registry)
         else:
-            anyio.run(_serve_http, gateway, host, port)
+            anyio.run(_serve_http, gateway, host, port, registry, _api_settings(api_token_file))
     except KeyboardInterrupt:
         pass
 
 
-async def _serve_stdio(gateway: Any) -> None:
+def _registry(gateway: Any, db: str | None) -> Any:
+    """The store (`--db`/MANIFOLD_DB, default a SQLite file) and the registry over it."""
+    from manifold.registry import Registry
+    from manifold.store import Store
+
+    return Registry(gateway, Store(db or default_db_url()))
+
+
+def _api_settings(api_token_file: str | None) -> Any:
+    """The API token (--api-token-file, else MANIFOLD_API_TOKEN); MANIFOLD_SHOW_SECRETS=1 unmasks secrets."""
+    from manifold.faces.rest import ApiSettings
+
+    token = os.environ.get("MANIFOLD_API_TOKEN") or None
+    if api_token_file is not None:
+        token = Path(api_token_file).read_text().strip() or None
+        if token is None:
+            click.echo(f"manifold: the token file {api_token_file} is empty", err=True)
+            sys.exit(1)
+    show = os.environ.get("MANIFOLD_SHOW_SECRETS", "").lower() in ("1", "true", "yes")
+    return ApiSettings(token=token, show_secrets=show)
+
+
+async def _serve_stdio(gateway: Any, registry: Any = None) -> None:
+    from contextlib import nullcontext
+
     from mcp.server.stdio import stdio_server
 
     from manifold.faces.mcp import McpFace
+    from manifold.faces.stdin import StdinLines
 
     face = McpFace(gateway)
-    async with gateway.running(), anyio.create_task_group() as tg:
+    managed = registry.running() if registry is not None else nullcontext()
+    async with gateway.running(), managed, anyio.create_task_group() as tg:
         tg.start_soon(face.run_notifier)
-        async with stdio_server() as (read, write):
+        tg.start_soon(_stop_on_signal, tg.cancel_scope)
+        # A cancellable stdin: SIGINT/SIGTERM shut down in order (upstreams stopped), no hang.
+        async with stdio_server(stdin=StdinLines()) as (read, write):  # type: ignore[arg-type]
             await face.server.run(read, write, face.initialization_options())
         tg.cancel_scope.cancel()
 
 
-async def _serve_http(gateway: Any, host: str, port: int) -> None:
+async def _stop_on_signal(scope: anyio.CancelScope) -> None:
+    """SIGINT or SIGTERM: cancel the serving scope, so every upstream is stopped on the way out."""
+    import signal
+
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            scope.cancel()
+            return
+
+
+async def _serve_http(gateway: Any, host: str, port: int, registry: Any = None, api: Any = None) -> None:
     import uvicorn
 
     from manifold.faces.app import create_app
 
-    app = create_app(gateway, host=host)
+    app = create_app(gateway, host=host, registry=registry, api=api)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY on accepted connections only then
+    # (proto 0 leaves Nagle on: every keep-alive response waits ~40 ms for a delayed ACK).
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(128)
@@ -145,46 +191,113 @@ async def _with_gateway(config: GatewayConfig, work: Any) -> Any:
 
     gateway = Gateway(config)
     async with gateway.running():
-        await gateway.wait_settled()
+        names = ", ".join(config.servers) or "no servers"
+        with _console(err=True).status(f"connecting {len(config.servers)} server(s): {names}"):
+            await gateway.wait_settled()
         return await work(gateway)
 
 
+def _console(err: bool = False) -> Any:
+    import shutil
+
+    from rich.console import Console
+
+    # A pipe gets full lines (rich would wrap at 80), a terminal its own width.
+    return Console(stderr=err, highlight=False, width=shutil.get_terminal_size((200, 24)).columns)
+
+
+def _source(config_path: str | None, url: str | None) -> None:
+    if (config_path is None) == (url is None):
+        click.echo("manifold: give exactly one of --config FILE or --url URL", err=True)
+        sys.exit(2)
+
+
+def _table(columns: list[str], rows: list[list[str]]) -> None:
+    from rich.table import Table
+
+    table = Table(*columns, box=None, pad_edge=False, header_style="bold")
+    for row in rows:
+        table.add_row(*row)
+    _console().print(table)
+
+
+def _first_line(text: str, width: int = 90) -> str:
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Start the config's servers here.")
+@click.option("--url", help="Ask a running gateway instead, e.g. http://127.0.0.1:8765.")
+@click.option("--search", "query", help="Rank the tools for a plain-words query instead of listing all.")
+@click.option("--limit", type=int, default=10, show_default=True, help="With --search: how many results.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--log-level", default="warning", show_default=True)
-def tools(config_path: str, as_json: bool, log_level: str) -> None:
+def tools(config_path: str | None, url: str | None, query: str | None, limit: int, as_json: bool, log_level: str) -> None:
     """Print the merged catalogue: exposed name, server, description."""
     setup_logging(log_level)
-    config = _load(config_path)
+    _source(config_path, url)
+    if url is not None:
+        from manifold import remote
 
-    async def work(gateway: Any) -> list[dict[str, Any]]:
-        rows = []
-        for tool in gateway.catalog.tools:
-            route = gateway.catalog.route_tool(tool["name"])
-            rows.append({"name": tool["name"], "server": route.server, "description": tool.get("description") or ""})
-        return rows
+        rows = anyio.run(remote.list_tools, url)
+    else:
+        config = _load(config_path)
 
-    rows = anyio.run(_with_gateway, config, work)
+        async def work(gateway: Any) -> list[dict[str, Any]]:
+            rows = []
+            for tool in gateway.catalog.tools:
+                route = gateway.catalog.route_tool(tool["name"])
+                rows.append({"name": tool["name"], "server": route.server, "description": tool.get("description") or ""})
+            return rows
+
+        rows = anyio.run(_with_gateway, config, work)
+    if query is not None:
+        from manifold.search import ToolIndex
+
+        servers = {r["name"]: r["server"] for r in rows}
+        index = ToolIndex([{"name": r["name"], "description": r["description"]} for r in rows], servers.__getitem__)
+        rows = [{"name": h.name, "server": h.server, "description": h.description, "score": h.score} for h in index.search(query, limit)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
-    width = max([len(r["name"]) for r in rows] + [4])
-    swidth = max([len(r["server"]) for r in rows] + [6])
-    click.echo(f"{'NAME':<{width}}  {'SERVER':<{swidth}}  DESCRIPTION")
-    for r in rows:
-        first_line = r["description"].strip().splitlines()[0] if r["description"].strip() else ""
-        click.echo(f"{r['name']:<{width}}  {r['server']:<{swidth}}  {first_line[:80]}")
+    _table(["NAME", "SERVER", "DESCRIPTION"], [[r["name"], r["server"], _first_line(r["description"])] for r in rows])
+
+
+@main.command()
+@click.option("--url", required=True, help="The running gateway, e.g. http://127.0.0.1:8765.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def servers(url: str, as_json: bool) -> None:
+    """Each server's state, tool count, restarts and last error, from a running gateway."""
+    from manifold import remote
+
+    try:
+        health = anyio.run(remote.health, url)
+    except Exception as exc:  # noqa: BLE001 - any failure to reach it is the answer
+        click.echo(f"manifold: cannot reach {url}: {exc}", err=True)
+        sys.exit(1)
+    if as_json:
+        click.echo(json.dumps(health["servers"], indent=2))
+        return
+    _table(
+        ["SERVER", "STATE", "TRANSPORT", "TOOLS", "RESTARTS", "LAST ERROR"],
+        [
+            [name, s["state"], s["transport"], str(s["tools"]), str(s["restarts"]), _first_line(s["last_error"] or "", 60)]
+            for name, s in health["servers"].items()
+        ],
+    )
 
 
 @main.command()
 @click.argument("name")
 @click.argument("arguments", default="{}")
-@click.option("--config", "config_path", required=True, type=click.Path(dir_okay=False))
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), help="Start the config's servers here.")
+@click.option("--url", help="Call through a running gateway instead, e.g. http://127.0.0.1:8765.")
 @click.option("--log-level", default="warning", show_default=True)
-def call(name: str, arguments: str, config_path: str, log_level: str) -> None:
+def call(name: str, arguments: str, config_path: str | None, url: str | None, log_level: str) -> None:
     """Call one tool by its exposed name with JSON arguments; exit 1 on an error result."""
     setup_logging(log_level)
+    _source(config_path, url)
     try:
         args = json.loads(arguments)
         if not isinstance(args, dict):
@@ -192,15 +305,20 @@ def call(name: str, arguments: str, config_path: str, log_level: str) -> None:
     except ValueError as exc:
         click.echo(f"manifold: bad arguments: {exc}", err=True)
         sys.exit(2)
-    config = _load(config_path)
-
-    async def work(gateway: Any) -> dict[str, Any]:
-        return await gateway.call_tool(name, args)
 
     from mcp.shared.exceptions import MCPError
 
     try:
-        result = anyio.run(_with_gateway, config, work)
+        if url is not None:
+            from manifold import remote
+
+            result = anyio.run(remote.call_tool, url, name, args)
+        else:
+
+            async def work(gateway: Any) -> dict[str, Any]:
+                return await gateway.call_tool(name, args)
+
+            result = anyio.run(_with_gateway, _load(config_path), work)
     except MCPError as exc:
         click.echo(f"manifold: {exc.message}", err=True)
         sys.exit(1)

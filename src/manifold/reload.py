@@ -39,7 +39,7 @@ async def watch_config(gateway: Gateway, path: Path, *, files: bool = True) -> N
 
     async def on_file_change() -> None:
         # Watch the folder: many editors write a new file and rename it over the old one.
-        async for changes in awatch(path.parent, debounce=200, step=50, recursive=False):
+        async for changes in awatch(path.parent, debounce=200, step=50, recursive=False, rust_timeout=300):
             if any(Path(changed).resolve() == path for _, changed in changes):
                 await reload_config(gateway, path)
 

@@ -100,6 +100,18 @@ def build(name: str) -> MCPServer:
     return mcp
 
 
+def tcp_listener(host: str, port: int) -> socket.socket:
+    """A listening socket with proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on accepted connections.
+
+    (`socket.create_server` leaves proto 0, and every keep-alive request then waits ~40 ms on a delayed ACK.)
+    """
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    return sock
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transport", default="stdio", choices=["stdio", "streamable-http", "sse"])
@@ -111,9 +123,7 @@ def main() -> None:
         mcp.run("stdio")
         return
     app = mcp.streamable_http_app() if args.transport == "streamable-http" else mcp.sse_app()
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", args.port))
-    sock.listen(64)
+    sock = tcp_listener("127.0.0.1", args.port)
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
 

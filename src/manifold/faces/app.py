@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 import anyio
@@ -16,14 +16,17 @@ from fastapi import FastAPI
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from manifold import __version__
 from manifold.faces.mcp import McpFace
+from manifold.faces.rest import ApiSettings, create_router
 from manifold.gateway import Gateway
 from manifold.logging import masker
+from manifold.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from manifold.registry import Registry
 
 
 def is_loopback(host: str) -> bool:
@@ -58,11 +61,19 @@ def server_health(gateway: Gateway) -> dict[str, Any]:
             "resources": len(listing.resources) if listing else 0,
             "restarts": upstream.restarts,
             "last_error": masker.mask(upstream.last_error) if upstream.last_error else None,
+            "stderr_tail": [masker.mask(line) for line in upstream.stderr_tail],
         }
     return servers
 
 
-def create_app(gateway: Gateway, *, host: str = "127.0.0.1", extra_lifespan: Any = None) -> FastAPI:
+def create_app(
+    gateway: Gateway,
+    *,
+    host: str = "127.0.0.1",
+    extra_lifespan: Any = None,
+    registry: Registry | None = None,
+    api: ApiSettings | None = None,
+) -> FastAPI:
     face = McpFace(gateway)
     security = security_settings(host)
     sessions = StreamableHTTPSessionManager(app=face.server, security_settings=security)
@@ -78,7 +89,9 @@ def create_app(gateway: Gateway, *, host: str = "127.0.0.1", extra_lifespan: Any
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with gateway.running(), sessions.run(), anyio.create_task_group() as tg:
+        # The registry (store, API servers) runs inside the running gateway.
+        managed = registry.running() if registry is not None else nullcontext()
+        async with gateway.running(), managed, sessions.run(), anyio.create_task_group() as tg:
             tg.start_soon(face.run_notifier)
             if extra_lifespan is not None:
                 async with extra_lifespan(app):
@@ -96,11 +109,22 @@ def create_app(gateway: Gateway, *, host: str = "127.0.0.1", extra_lifespan: Any
     app.state.gateway = gateway
     app.state.face = face
 
+    gateway.metrics.watch(gateway, clients=lambda: len(face.tracker.connections))
+
+    @app.get("/metrics", tags=["health"], response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics: calls, errors and latency per server and tool; upstream states."""
+        return Response(gateway.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
     @app.get("/healthz", tags=["health"])
     async def healthz() -> JSONResponse:
         servers = server_health(gateway)
         ready = sum(1 for s in servers.values() if s["state"] == "ready")
         return JSONResponse({"status": "ok", "version": __version__, "ready": ready, "servers": servers})
+
+    if registry is not None:
+        app.state.registry = registry
+        app.include_router(create_router(registry, api))
 
     app.router.routes.append(Route("/mcp", endpoint=StreamableHTTPASGIApp(sessions), include_in_schema=False))
     app.router.routes.append(Route("/sse", endpoint=_SseEndpoint(), methods=["GET"], include_in_schema=False))

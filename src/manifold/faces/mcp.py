@@ -19,11 +19,13 @@ import mcp_types as types
 import structlog
 from mcp.server.connection import Connection
 from mcp.server.context import CallNext, HandlerResult, ServerRequestContext
+from mcp.server.caching import CACHEABLE_METHODS, CacheHint
 from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from manifold import __version__
 from manifold.callers import CURRENT_CALLER
@@ -38,9 +40,23 @@ NOTIFY_DEBOUNCE = 0.05
 NOTIFY_TIMEOUT = 2.0
 
 
+# The 2026-07-28 envelope describes the client's hop to Manifold, not Manifold's hop
+# upstream (which has its own session and version): it is never forwarded.
+_ENVELOPE_KEYS = frozenset(
+    {
+        types.PROTOCOL_VERSION_META_KEY,
+        types.CLIENT_INFO_META_KEY,
+        types.CLIENT_CAPABILITIES_META_KEY,
+        types.LOG_LEVEL_META_KEY,
+    }
+)
+
+
 def _raw_meta(ctx: ServerRequestContext[Any, Any]) -> dict[str, Any] | None:
     meta = (ctx.params or {}).get("_meta")
-    return dict(meta) if isinstance(meta, dict) else None
+    if not isinstance(meta, dict):
+        return None
+    return {key: value for key, value in meta.items() if key not in _ENVELOPE_KEYS} or None
 
 
 class _ConnectionTracker:
@@ -86,6 +102,7 @@ class _FastToolCall:
             or name in META_NAMES
             or not isinstance(arguments := params.get("arguments", {}), dict)
             or not ctx.session._connection.initialize_accepted  # noqa: SLF001
+            or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS  # its results need the SDK's envelope
         ):
             return await call_next(ctx)
         return await self.face.call_tool(ctx, name, arguments)
@@ -256,6 +273,17 @@ class McpFace:
     def _build(self) -> Server[Any]:
         gateway = self.gateway
 
+        def era(handler: Any) -> Any:
+            """Results are upstream dicts; a 2026-07-28 client needs `resultType` on each."""
+
+            async def wrapped(ctx: ServerRequestContext[Any, Any], params: Any) -> Any:
+                result = await handler(ctx, params)
+                if ctx.protocol_version in MODERN_PROTOCOL_VERSIONS and isinstance(result, dict):
+                    result.setdefault("resultType", "complete")
+                return result
+
+            return wrapped
+
         async def list_tools(ctx: ServerRequestContext[Any, Any], params: types.PaginatedRequestParams | None) -> Any:
             return await self._page("tools", "tools", params, self._mode(ctx))
 
@@ -301,17 +329,21 @@ class McpFace:
             server: Server[Any] = Server(
             "manifold",
             version=__version__,
-            on_list_tools=list_tools,
-            on_call_tool=call_tool,
-            on_list_prompts=list_prompts,
-            on_get_prompt=get_prompt,
-            on_list_resources=list_resources,
-            on_list_resource_templates=list_templates,
-            on_read_resource=read_resource,
-            on_completion=complete,
-            on_subscribe_resource=subscribe,
-            on_unsubscribe_resource=unsubscribe,
-            on_set_logging_level=set_level,
+            # 2026-07-28 results must say how long they stay fresh. The catalogue
+            # changes whenever an upstream does (and search mode is per client),
+            # so lists are never cached and never shared across clients.
+            cache_hints={method: CacheHint(ttl_ms=0, scope="private") for method in CACHEABLE_METHODS},
+            on_list_tools=era(list_tools),
+            on_call_tool=era(call_tool),
+            on_list_prompts=era(list_prompts),
+            on_get_prompt=era(get_prompt),
+            on_list_resources=era(list_resources),
+            on_list_resource_templates=era(list_templates),
+            on_read_resource=era(read_resource),
+            on_completion=era(complete),
+            on_subscribe_resource=era(subscribe),
+            on_unsubscribe_resource=era(unsubscribe),
+            on_set_logging_level=era(set_level),
             on_roots_list_changed=roots_changed,
             )
         server.middleware.insert(0, self.tracker)

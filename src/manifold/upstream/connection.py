@@ -21,11 +21,12 @@ import mcp_types as types
 import structlog
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
-from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, REQUEST_TIMEOUT
+from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, METHOD_NOT_FOUND, REQUEST_TIMEOUT
 
 from manifold import __version__
 from manifold.callers import CURRENT_CALLER
 from manifold.config import ServerConfig
+from manifold.upstream.report import TransportReport
 from manifold.upstream.transports import open_transport
 
 log = structlog.get_logger("manifold.upstream")
@@ -33,6 +34,8 @@ log = structlog.get_logger("manifold.upstream")
 BACKOFF_BASE = 0.5
 BACKOFF_CAP = 30.0
 CRASH_LOOP_LIMIT = 6  # consecutive failed connects before the server is parked as failed
+PARKED_RETRY = 300.0  # a parked server is tried again this often (a refresh or config change: at once)
+STABLE_AFTER = 10.0  # a connection lost sooner than this after its start counts towards a crash loop
 LIST_DEBOUNCE = 0.05
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
@@ -126,16 +129,25 @@ class Upstream:
         self._session: ClientSession | None = None
         self._wake = anyio.Event()
         self._relist = anyio.Event()
+        self._probe = anyio.Event()  # set when a request lost its connection: is the server still there?
         self._ready = anyio.Event()
         self._stopping = False
         self._cancel: anyio.CancelScope | None = None
         self.log = log.bind(server=name)
+        self.report = TransportReport(name)  # pid, exit status, stderr tail, HTTP status (kept across restarts)
 
     # --- supervision ---------------------------------------------------------
 
     async def run(self) -> None:
-        """Supervise the connection until cancelled or stopped."""
-        failures = 0
+        """Supervise the connection until cancelled or stopped.
+
+        A crash loop is counted in strikes: attempts that never became ready
+        (reset by one that does) plus connections in a row that were lost within
+        STABLE_AFTER (reset by one that lasts). Strikes set the backoff; at
+        CRASH_LOOP_LIMIT the server is parked as failed.
+        """
+        failures = 0  # attempts since the last one that became ready
+        quick = 0  # ready connections in a row that were lost within STABLE_AFTER
         with anyio.CancelScope() as self._cancel:
             while not self._stopping:
                 if not self.config.enabled:
@@ -143,24 +155,33 @@ class Upstream:
                     await self._wait_wake()
                     continue
                 self._set_state(State.CONNECTING)
+                connects, started = self.connects, anyio.current_time()
                 try:
                     await self._connect_and_serve()
-                    failures = 0  # served and then lost: a fresh start, not a crash loop
                 except Exception as exc:  # noqa: BLE001 - any failure is this server's alone
-                    failures += 1
-                    self.last_error = _describe(exc)
-                    self.log.warning("upstream connection failed", error=self.last_error, attempt=failures)
+                    if self.connects > connects:  # it was ready, then lost
+                        failures = 0
+                        quick = quick + 1 if anyio.current_time() - started < STABLE_AFTER else 0
+                    else:
+                        failures += 1
+                    self.last_error = self._failure(exc)
+                    self.log.warning("upstream connection failed", error=self.last_error, strikes=failures + quick)
                 if self._stopping:
                     break
                 self.restarts += 1
-                if failures >= CRASH_LOOP_LIMIT:
+                strikes = failures + quick
+                if strikes >= CRASH_LOOP_LIMIT:
                     self._set_state(State.FAILED)
                     self.log.error("upstream parked as failed after repeated errors", error=self.last_error)
-                    await self._wait_wake()
-                    failures = 0
+                    with anyio.move_on_after(PARKED_RETRY) as parked:
+                        await self._wait_wake()
+                    # Woken (refresh, config change): a full set of attempts. On the
+                    # timer: one attempt, then parked again if it fails. A remote
+                    # server that was down for a while is thus never given up for good.
+                    failures, quick = (CRASH_LOOP_LIMIT - 1 if parked.cancelled_caught else 0), 0
                     continue
-                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(failures - 1, 0)) * random.uniform(0.8, 1.2)
-                self._set_state(State.BACKING_OFF)
+                delay = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(strikes - 1, 0)) * random.uniform(0.8, 1.2)
+                self._set_state(State.BACKING_OFF, force=True)  # again if lost: last_error is known now
                 with anyio.move_on_after(delay):
                     await self._wait_wake()
         self._set_state(State.STOPPED)
@@ -184,7 +205,7 @@ class Upstream:
         # deadline bounds start-up, then is lifted once the server is ready.
         with anyio.CancelScope(deadline=anyio.current_time() + self.config.connect_timeout) as deadline:
             async with AsyncExitStack() as stack:
-                read, write = await stack.enter_async_context(open_transport(self.config))
+                read, write = await stack.enter_async_context(open_transport(self.config, report=self.report))
                 session = ClientSession(
                     _WatchedReadStream(read, closed),
                     write,
@@ -210,17 +231,40 @@ class Upstream:
                     self.log.info("upstream ready", tools=len(self.listing.tools), protocol=init.protocol_version)
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._relist_loop)
+                        tg.start_soon(self._probe_loop)
                         await closed.wait()
                         tg.cancel_scope.cancel()
                 finally:
                     self._session = None
                     self._ready = anyio.Event()
+                    if self.state == State.READY and not self._stopping:
+                        # Lost: say so now, not once the old transport is torn down.
+                        self._set_state(State.BACKING_OFF)
         if deadline.cancelled_caught:
             raise TimeoutError(f"did not connect within {self.config.connect_timeout:g} s")
         raise ConnectionError("the connection to the server closed")
 
-    def _set_state(self, state: State) -> None:
-        if state == self.state and state != State.READY:
+    def _failure(self, exc: BaseException) -> str:
+        """Why a connection ended: how a stdio server's process ended and its last stderr line,
+        or the HTTP status an HTTP server answered with."""
+        report = self.report
+        reason = _describe(exc)
+        exit = report.exit_description()
+        if exit is not None:
+            reason = f"the server process {exit}"
+        if report.last_line:
+            reason += f" (stderr: {report.last_line})"
+        if report.http_error and report.http_error not in reason:
+            reason += f" ({report.http_error})"
+        return reason
+
+    @property
+    def stderr_tail(self) -> list[str]:
+        """The last lines a stdio server wrote to stderr, secrets masked; empty for HTTP."""
+        return list(self.report.tail)
+
+    def _set_state(self, state: State, *, force: bool = False) -> None:
+        if state == self.state and state != State.READY and not force:
             return
         self.state = state
         if state == State.READY:
@@ -266,6 +310,24 @@ class Upstream:
         self.listing = await self._read_listing()
         self._on_change(self)
         return self.listing
+
+    async def _probe_loop(self) -> None:
+        """After a request lost its connection, ping; a server that does not answer ends the connection.
+
+        A stdio server's exit ends the session by itself, but over streamable
+        HTTP a dead server only fails the requests in flight: without this the
+        server would stay 'ready' until the next call found it gone.
+        """
+        self._probe = anyio.Event()  # a loss on the previous connection says nothing of this one
+        while True:
+            await self._probe.wait()
+            self._probe = anyio.Event()
+            try:
+                await self.request("ping", None, timeout=self.config.connect_timeout)
+            except UpstreamError as exc:
+                if exc.code != METHOD_NOT_FOUND:  # a server without ping is still a server
+                    reason = exc.message.removeprefix(f"server '{self.name}': ")
+                    raise ConnectionError(f"the server stopped answering ({reason})") from exc
 
     async def _relist_loop(self) -> None:
         """Re-read lists after list_changed, coalescing bursts into one read."""
@@ -358,8 +420,10 @@ class Upstream:
                     REQUEST_TIMEOUT, f"server '{self.name}' did not answer {method} within {limit:g} s"
                 ) from exc
             if exc.code == CONNECTION_CLOSED:
+                self._probe.set()
+                detail = f" ({exc.message})" if exc.message != "Connection closed" else ""
                 raise UpstreamError(
-                    CONNECTION_CLOSED, f"server '{self.name}': connection lost during {method}"
+                    CONNECTION_CLOSED, f"server '{self.name}': connection lost during {method}{detail}"
                 ) from exc
             raise UpstreamError(exc.code, f"server '{self.name}': {exc.message}", exc.data) from exc
         except Exception as exc:  # transport faults surface as plain exceptions
@@ -382,7 +446,7 @@ def _describe(exc: BaseException) -> str:
     """A one-line reason, unwrapping exception groups down to the first real cause."""
     while isinstance(exc, BaseExceptionGroup) and exc.exceptions:
         exc = exc.exceptions[0]
-    if isinstance(exc, TimeoutError):
+    if isinstance(exc, TimeoutError) and not str(exc):
         return "timed out"
     text = str(exc) or type(exc).__name__
     if isinstance(exc, OSError | FileNotFoundError) and not str(exc):

@@ -2,43 +2,86 @@
 
 from __future__ import annotations
 
-import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, TextIO
+from typing import Any
 
 import httpx2
 from mcp.client.sse import sse_client
-from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
 from manifold.config import ServerConfig, SseServerConfig, StdioServerConfig
+from manifold.upstream.report import TransportReport
+from manifold.upstream.stdio import open_stdio
 
 # Long-lived streams may stay quiet for a long time; request deadlines are ours.
 _STREAM_READ_TIMEOUT = 24 * 3600.0
+_SESSION_HEADER = "mcp-session-id"
 
 
 @asynccontextmanager
-async def open_transport(config: ServerConfig, *, errlog: TextIO | None = None) -> AsyncIterator[tuple[Any, Any]]:
-    """Yield the (read, write) stream pair of a live transport to the upstream."""
+async def open_transport(
+    config: ServerConfig, *, report: TransportReport | None = None
+) -> AsyncIterator[tuple[Any, Any]]:
+    """Yield the (read, write) stream pair of a live transport to the upstream.
+
+    `report` learns what the operator should see: the process's pid, exit status
+    and stderr tail (stdio), the last HTTP error status (SSE, streamable HTTP).
+    """
+    report = report if report is not None else TransportReport()
+    report.begin()
+    hooks = {"response": [report.on_http_response]}
     if isinstance(config, StdioServerConfig):
         # Args are passed as given, never split on spaces; env is merged over the
         # SDK's safe defaults (HOME, PATH, ...) exactly as the SDK does.
-        params = StdioServerParameters(command=config.command, args=list(config.args), env=config.env)
-        async with stdio_client(params, errlog=errlog or sys.stderr) as streams:
+        async with open_stdio(config, report) as streams:
             yield streams
     elif isinstance(config, SseServerConfig):
+
+        def client_factory(
+            headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: Any = None
+        ) -> httpx2.AsyncClient:
+            return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks=hooks)
+
         async with sse_client(
             config.server_url,
             headers=config.headers(),
             timeout=config.connect_timeout,
             sse_read_timeout=_STREAM_READ_TIMEOUT,
+            httpx_client_factory=client_factory,
         ) as streams:
             yield streams
     else:
         # One client per server: its pool keeps connections alive across requests.
         timeout = httpx2.Timeout(config.connect_timeout, read=_STREAM_READ_TIMEOUT)
         limits = httpx2.Limits(max_connections=100, max_keepalive_connections=32)
-        async with httpx2.AsyncClient(headers=config.headers(), timeout=timeout, limits=limits) as client:
-            async with streamable_http_client(config.server_url, http_client=client) as streams:
-                yield streams
+        holder: list[Any] = []
+
+        async def session_lost(response: httpx2.Response) -> None:
+            # 404 to a request that carries our session id: the server forgot the
+            # session (it restarted). The spec says start a new one; the SDK only
+            # fails the request, so end the connection and let the supervisor reconnect.
+            if response.status_code == 404 and response.request.headers.get(_SESSION_HEADER) and holder:
+                if not lost:
+                    request = f"{response.request.method} {response.request.url}"
+                    report.log.warning("upstream forgot our session (HTTP 404); reconnecting", request=request)
+                lost.append(True)
+                holder[0].close()
+
+        lost: list[bool] = []
+        async with httpx2.AsyncClient(
+            headers=config.headers(),
+            timeout=timeout,
+            limits=limits,
+            event_hooks={"response": [report.on_http_response, session_lost]},
+        ) as client:
+            try:
+                async with streamable_http_client(config.server_url, http_client=client) as streams:
+                    holder.append(streams[0])
+                    yield streams
+            except Exception as exc:
+                if lost:  # the SDK trips over the stream we closed on purpose
+                    raise ConnectionResetError("the server no longer knows our session") from exc
+                raise
+            if lost:
+                raise ConnectionResetError("the server no longer knows our session")

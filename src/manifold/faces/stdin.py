@@ -1,0 +1,68 @@
+"""Standard input as lines that a cancellation can interrupt, for the stdio face.
+
+The SDK's `stdio_server()` reads stdin on a worker thread (`anyio.wrap_file`),
+and a cancelled read still waits for the next line: on SIGINT or SIGTERM in
+stdio mode the gateway could not shut down (nor stop its upstreams) until the
+client wrote a line or closed stdin. `StdinLines` waits for readability on the
+event loop instead and then reads only what is there, so shutdown is never
+held up. What the event loop cannot watch (a regular file, /dev/null) is read
+on a thread: it never blocks for long.
+
+    async with stdio_server(stdin=StdinLines()) as (read, write): ...
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import sys
+
+import anyio
+import anyio.to_thread
+
+_CHUNK = 65536
+
+
+class StdinLines:
+    """An async iterator of text lines (newline kept) from a file descriptor, stdin by default."""
+
+    def __init__(self, fd: int | None = None) -> None:
+        self._fd = sys.stdin.fileno() if fd is None else fd
+        self._buffer = bytearray()
+        self._eof = False
+        self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
+
+    def __aiter__(self) -> StdinLines:
+        return self
+
+    async def __anext__(self) -> str:
+        while True:
+            end = self._buffer.find(b"\n")
+            if end >= 0:
+                line = bytes(self._buffer[: end + 1])
+                del self._buffer[: end + 1]
+                return line.decode("utf-8", errors="replace")
+            if self._eof:
+                if not self._buffer:
+                    raise StopAsyncIteration
+                line = bytes(self._buffer)
+                self._buffer.clear()
+                return line.decode("utf-8", errors="replace")
+            chunk = await self._read()
+            if chunk:
+                self._buffer += chunk
+            else:
+                self._eof = True
+
+    async def _read(self) -> bytes:
+        if self._pollable:
+            try:
+                await anyio.wait_readable(self._fd)
+            except PermissionError:  # epoll refuses it (/dev/null and the like): it never blocks anyway
+                self._pollable = False
+            else:
+                try:
+                    return os.read(self._fd, _CHUNK)  # readable: returns at once
+                except BlockingIOError:  # pragma: no cover - another reader took the data
+                    return await self._read()
+        return await anyio.to_thread.run_sync(os.read, self._fd, _CHUNK)

@@ -1,0 +1,192 @@
+"""The store on a real SQLite file: ids, uniqueness, persistence, concurrent writers."""
+
+import re
+from pathlib import Path
+
+import anyio
+import pytest
+
+from manifold.store import NameTaken, NotFound, Stale, Store, tool_json_schema
+
+pytestmark = pytest.mark.anyio
+
+SERVER_ID = re.compile(r"^mcp_server-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+TOOL_ID = re.compile(r"^tool-[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+STDIO = {"mcp_server_type": "stdio", "command": "python", "args": ["-m", "x"], "env": {"TOKEN": "s3cret"}}
+HTTP = {"mcp_server_type": "streamable_http", "server_url": "http://127.0.0.1:1/mcp"}
+
+
+def tool(name: str, description: str = "d", schema: dict | None = None) -> dict:
+    return {
+        "name": name,
+        "description": description,
+        "inputSchema": schema or {"type": "object", "properties": {}},
+    }
+
+
+def url(tmp_path: Path) -> str:
+    return f"sqlite+aiosqlite:///{tmp_path / 'sub' / 'manifold.db'}"
+
+
+async def test_ids_and_crud(tmp_path: Path) -> None:
+    async with Store(url(tmp_path)).open() as store:
+        a = await store.create_server("alpha", STDIO)
+        assert SERVER_ID.match(a.id)
+        assert a.source == "api" and a.config == STDIO  # secrets stored as given
+        assert (await store.get_server(a.id)) is not None
+        assert (await store.get_server_by_name("alpha")).id == a.id
+        assert await store.get_server("mcp_server-nope") is None
+
+        b = await store.create_server("beta", HTTP)
+        assert [s.server_name for s in await store.list_servers()] == ["alpha", "beta"]
+
+        renamed = await store.update_server(b.id, server_name="gamma", config={**HTTP, "timeout": 5})
+        assert renamed.id == b.id and renamed.server_name == "gamma" and renamed.config["timeout"] == 5
+
+        with pytest.raises(NotFound):
+            await store.update_server("mcp_server-nope", server_name="x")
+
+        deleted = await store.delete_server(a.id)
+        assert deleted is not None and deleted.server_name == "alpha"
+        assert await store.delete_server(a.id) is None
+        assert [s.server_name for s in await store.list_servers()] == ["gamma"]
+    assert (tmp_path / "sub" / "manifold.db").exists()  # parent directory created
+
+
+async def test_names_are_unique_and_rename_never_deletes(tmp_path: Path) -> None:
+    async with Store(url(tmp_path)).open() as store:
+        a = await store.create_server("alpha", STDIO)
+        b = await store.create_server("beta", HTTP)
+        with pytest.raises(NameTaken) as info:
+            await store.create_server("alpha", HTTP)
+        assert info.value.existing is not None and info.value.existing.id == a.id
+        with pytest.raises(NameTaken):
+            await store.update_server(b.id, server_name="alpha")
+        servers = {s.server_name: s for s in await store.list_servers()}
+        assert set(servers) == {"alpha", "beta"}
+        assert servers["alpha"].config == STDIO and servers["beta"].config == HTTP
+
+
+async def test_tool_sync_keeps_ids_and_reports_diff(tmp_path: Path) -> None:
+    async with Store(url(tmp_path)).open() as store:
+        server = await store.create_server("alpha", STDIO)
+        diff = await store.sync_tools(server.id, [tool("a"), tool("b"), tool("c"), tool("a", "duplicate")])
+        assert diff.as_dict() == {"deleted": [], "updated": [], "added": ["a", "b", "c"]}
+        first = {t.name: t for t in await store.list_tools(server.id)}
+        assert len(first) == 3 and all(TOOL_ID.match(t.id) for t in first.values())
+        assert first["a"].description == "d"  # the first of two same-named tools wins
+        assert first["a"].json_schema == tool_json_schema(tool("a"))
+
+        same = await store.sync_tools(server.id, [tool("a"), tool("b"), tool("c")])
+        assert not same
+
+        schema = {"type": "object", "properties": {"x": {"type": "string"}}}
+        diff = await store.sync_tools(server.id, [tool("a", schema=schema), tool("c"), tool("d")])
+        assert diff.as_dict() == {"deleted": ["b"], "updated": ["a"], "added": ["d"]}
+        second = {t.name: t for t in await store.list_tools(server.id)}
+        assert second["a"].id == first["a"].id and second["c"].id == first["c"].id
+        assert second["a"].json_schema["parameters"] == schema
+        assert await store.get_tool(server.id, second["a"].id) == second["a"]
+
+        other = await store.create_server("beta", HTTP)
+        await store.sync_tools(other.id, [tool("a")])  # same tool name on another server: its own row
+        assert await store.get_tool(other.id, second["a"].id) is None
+        assert (await store.count_tools()) == {server.id: 3, other.id: 1}
+
+        await store.delete_server(server.id)
+        assert await store.list_tools(server.id) == []
+        with pytest.raises(NotFound):
+            await store.sync_tools(server.id, [tool("a")])
+
+
+async def test_everything_survives_reopen(tmp_path: Path) -> None:
+    async with Store(url(tmp_path)).open() as store:
+        server = await store.create_server("alpha", STDIO)
+        await store.sync_tools(server.id, [tool(f"t{i}") for i in range(300)])
+        tool_ids = {t.name: t.id for t in await store.list_tools(server.id)}
+        config_row, before = await store.upsert_config_server("fromfile", HTTP)
+        assert before is None and config_row.source == "config"
+    async with Store(url(tmp_path)).open() as store:
+        again = await store.get_server(server.id)
+        assert again is not None and again.config == STDIO
+        assert {t.name: t.id for t in await store.list_tools(server.id)} == tool_ids
+        row, before = await store.upsert_config_server("fromfile", {**HTTP, "timeout": 3})
+        assert row.id == config_row.id and before == "config" and row.config["timeout"] == 3
+        # A config-file server takes over an API row of the same name, keeping its id.
+        taken, before = await store.upsert_config_server("alpha", HTTP)
+        assert taken.id == server.id and before == "api" and taken.source == "config"
+
+
+async def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+    """Many tasks (each on its own connection) racing for names: one winner per name, no lost row."""
+    async with Store(url(tmp_path)).open() as store:
+        outcomes: list[str] = []
+
+        async def create(name: str) -> None:
+            try:
+                await store.create_server(name, HTTP)
+                outcomes.append("ok")
+            except NameTaken:
+                outcomes.append("taken")
+
+        async with anyio.create_task_group() as tg:
+            for i in range(40):
+                tg.start_soon(create, f"s{i % 10}")
+        assert outcomes.count("ok") == 10 and outcomes.count("taken") == 30
+        servers = await store.list_servers()
+        assert sorted(s.server_name for s in servers) == sorted(f"s{i}" for i in range(10))
+
+        # Concurrent renames onto one name: exactly one wins, every row survives.
+        results: list[str] = []
+
+        async def rename(server_id: str) -> None:
+            try:
+                await store.update_server(server_id, server_name="target")
+                results.append("ok")
+            except NameTaken:
+                results.append("taken")
+
+        async with anyio.create_task_group() as tg:
+            for server in servers:
+                tg.start_soon(rename, server.id)
+        assert results.count("ok") == 1
+        assert len(await store.list_servers()) == 10
+
+        # Concurrent syncs of one server never duplicate or lose tool rows.
+        target = await store.get_server_by_name("target")
+        assert target is not None
+        async with anyio.create_task_group() as tg:
+            for n in range(10):
+                tg.start_soon(store.sync_tools, target.id, [tool(f"t{i}") for i in range(20 + n % 2)])
+        names = [t.name for t in await store.list_tools(target.id)]
+        assert len(names) == len(set(names)) and len(names) in (20, 21)
+
+
+async def test_two_stores_on_one_file(tmp_path: Path) -> None:
+    """Two gateways sharing one database file (separate engines) race safely."""
+    async with Store(url(tmp_path)).open() as one, Store(url(tmp_path)).open() as two:
+        results: list[str] = []
+
+        async def create(store: Store) -> None:
+            try:
+                await store.create_server("shared", HTTP)
+                results.append("ok")
+            except NameTaken:
+                results.append("taken")
+
+        async with anyio.create_task_group() as tg:
+            for store in (one, two, one, two):
+                tg.start_soon(create, store)
+        assert sorted(results) == ["ok", "taken", "taken", "taken"]
+        assert [s.server_name for s in await two.list_servers()] == ["shared"]
+
+
+async def test_an_update_computed_from_a_stale_read_is_refused(tmp_path: Path) -> None:
+    async with Store(url(tmp_path)).open() as store:
+        read = await store.create_server("alpha", HTTP)
+        await store.update_server(read.id, config={**HTTP, "timeout": 1}, expect=read)  # fresh: applied
+        with pytest.raises(Stale):  # computed from `read`, but the row changed since
+            await store.update_server(read.id, config={**HTTP, "timeout": 2}, expect=read)
+        current = await store.get_server(read.id)
+        assert current is not None and current.config["timeout"] == 1
