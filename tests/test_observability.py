@@ -99,3 +99,34 @@ def test_metrics_endpoint_of_the_http_gateway(tmp_path: Any) -> None:
         assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
         names = {family.name for family in text_string_to_metric_families(response.text)}
         assert {"manifold_upstream_state", "manifold_connected_clients", "manifold_catalog_tools"} <= names
+
+
+def test_json_logs_on_stderr_with_the_server_bound(tmp_path: Any) -> None:
+    import json
+    import subprocess
+
+    import yaml
+    from support import PYTHON, subprocess_env
+
+    config = tmp_path / "m.yaml"
+    config.write_text(yaml.safe_dump({"mcp_servers": {"alpha": fixture("alpha")}}))
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "manifold", "serve", "--config", str(config), "--log-format", "json", "--no-watch"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=subprocess_env({"MANIFOLD_DB": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"}),
+    )
+    try:
+        assert proc.stderr is not None and proc.stdin is not None
+        ready = None
+        for line in proc.stderr:
+            event = json.loads(line)  # every line is one JSON object
+            if event.get("event") == "upstream ready":
+                ready = event
+                break
+        assert ready is not None and ready["server"] == "alpha" and ready["level"] == "info"
+        proc.stdin.close()
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
