@@ -228,6 +228,7 @@ def test_reaper_takes_down_the_group_and_reports_the_status() -> None:
     helper = '( trap "" TERM HUP INT; exec sleep 3600 ) </dev/null & '
     exits, exits_w = start(helper + "read line; exit 5")  # the server exits by itself once stdin closes
     closed, closed_w = start(helper + "sleep 3600")  # the server would run for an hour
+    watches = {exits_w, closed_w}
     snapshot: dict[int, tuple[int, str]] = {}
     try:
         wait_for(lambda: len(tree(exits.pid)) >= 2 and len(tree(closed.pid)) >= 2, what="both wrappers")
@@ -236,12 +237,18 @@ def test_reaper_takes_down_the_group_and_reports_the_status() -> None:
         assert exits.stdin is not None
         exits.stdin.close()
         os.close(closed_w)  # Manifold is done with it (or died)
+        watches.discard(closed_w)
         assert exits.wait(15) == 5
         assert closed.wait(15) == 128 + signal.SIGTERM
         wait_for(lambda: not survivors(snapshot), 5, what="the groups to be gone")
     finally:
-        os.close(exits_w)
+        snapshot.update(tree(exits.pid, include_root=True))
+        snapshot.update(tree(closed.pid, include_root=True))
+        for fd in watches:  # the reapers' own way out first: they take their groups down
+            os.close(fd)
         for proc in (exits, closed):
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(10)
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
