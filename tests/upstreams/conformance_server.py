@@ -36,7 +36,6 @@ import argparse
 import base64
 import json
 import logging
-import socket
 import struct
 import sys
 import warnings
@@ -46,13 +45,13 @@ from typing import Any
 
 import anyio
 import mcp_types as types
-import uvicorn
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
+from fixture_server import serve_http  # same folder: one copy of the ready-line HTTP runner
 
 READY_PREFIX = "LISTENING "
 
@@ -629,32 +628,6 @@ def sse_app(server: Server[Any]) -> ASGIApp:
     )
 
 
-class ReadyServer(uvicorn.Server):
-    """A uvicorn server that calls `on_ready` once it accepts connections."""
-
-    def __init__(self, config: uvicorn.Config, on_ready: Callable[[], None]) -> None:
-        super().__init__(config)
-        self.on_ready = on_ready
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets=sockets)
-        if self.started and not self.should_exit:
-            self.on_ready()
-
-
-def serve_http(app: ASGIApp, host: str, port: int) -> None:
-    sock = tcp_listener(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
-    url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
-    config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2, ws="none"
-    )
-    try:
-        ReadyServer(config, lambda: print(f"{READY_PREFIX}{url}", flush=True)).run(sockets=[sock])
-    finally:
-        sock.close()
-
-
 async def serve_stdio(server: Server[Any]) -> None:
     from mcp.server.stdio import stdio_server
 
@@ -673,18 +646,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
-
-
-def tcp_listener(host: str, port: int) -> socket.socket:
-    """A listening socket with proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on accepted connections.
-
-    (`socket.create_server` leaves proto 0, and every keep-alive request then waits ~40 ms on a delayed ACK.)
-    """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
 
 
 def main(argv: Sequence[str] | None = None) -> int:

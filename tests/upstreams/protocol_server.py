@@ -8,11 +8,9 @@ question reached the client whose call caused it, and that the answer came back.
 
 import argparse
 import base64
-import socket
-import sys
 
 import anyio
-import uvicorn
+from fixture_server import serve_http  # same folder: one copy of the ready-line HTTP runner
 from mcp.server import MCPServer
 from mcp.server.mcpserver import Context
 from mcp_types import (
@@ -100,18 +98,6 @@ def build(name: str) -> MCPServer:
     return mcp
 
 
-def tcp_listener(host: str, port: int) -> socket.socket:
-    """A listening socket with proto IPPROTO_TCP, so asyncio sets TCP_NODELAY on accepted connections.
-
-    (`socket.create_server` leaves proto 0, and every keep-alive request then waits ~40 ms on a delayed ACK.)
-    """
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(2048)
-    return sock
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--transport", default="stdio", choices=["stdio", "streamable-http", "sse"])
@@ -123,21 +109,7 @@ def main() -> None:
         mcp.run("stdio")
         return
     app = mcp.streamable_http_app() if args.transport == "streamable-http" else mcp.sse_app()
-    sock = tcp_listener("127.0.0.1", args.port)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-
-    async def serve() -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            while not server.started:
-                await anyio.sleep(0.01)
-            print(f"LISTENING http://127.0.0.1:{port}", flush=True)
-
-    try:
-        anyio.run(serve)
-    except KeyboardInterrupt:
-        sys.exit(0)
+    serve_http(app, "127.0.0.1", args.port)
 
 
 if __name__ == "__main__":
