@@ -12,13 +12,21 @@ from test_gateway import fixture_stdio, write_config
 
 def manifold(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [PYTHON, "-m", "manifold", *args], capture_output=True, text=True, timeout=60, env=subprocess_env(), stdin=subprocess.DEVNULL
+        [PYTHON, "-m", "manifold", *args], capture_output=True,
+        text=True,
+        timeout=60,
+        env=subprocess_env(),
+        stdin=subprocess.DEVNULL,
+        check=False,
     )
 
 
-def test_cli_from_a_config_and_against_a_running_gateway(tmp_path: Path) -> None:
-    config = write_config(tmp_path, {"alpha": fixture_stdio("alpha"), "beta": fixture_stdio("beta")})
+def two_servers(tmp_path: Path) -> Path:
+    return write_config(tmp_path, {"alpha": fixture_stdio("alpha"), "beta": fixture_stdio("beta")})
 
+
+def test_tools_from_a_config(tmp_path: Path) -> None:
+    config = two_servers(tmp_path)
     listed = manifold("tools", "--config", str(config), "--json")
     assert listed.returncode == 0, listed.stderr
     rows = {row["name"]: row for row in json.loads(listed.stdout)}
@@ -29,7 +37,12 @@ def test_cli_from_a_config_and_against_a_running_gateway(tmp_path: Path) -> None
 
     found = manifold("tools", "--config", str(config), "--search", "what is this server called", "--limit", "2", "--json")
     assert json.loads(found.stdout)[0]["name"].endswith("__whoami")
+    neither = manifold("tools")
+    assert neither.returncode == 2 and "--config FILE or --url URL" in neither.stderr
 
+
+def test_call_from_a_config(tmp_path: Path) -> None:
+    config = two_servers(tmp_path)
     ok = manifold("call", "alpha__echo", '{"text": "hi there"}', "--config", str(config))
     assert ok.returncode == 0 and json.loads(ok.stdout)["content"][0]["text"] == "hi there"
     failed = manifold("call", "beta__fail", '{"message": "nope"}', "--config", str(config))
@@ -38,9 +51,10 @@ def test_cli_from_a_config_and_against_a_running_gateway(tmp_path: Path) -> None
     assert unknown.returncode == 1 and "unknown tool 'gamma__echo'" in unknown.stderr
     bad = manifold("call", "alpha__echo", "[1]", "--config", str(config))
     assert bad.returncode == 2 and "arguments must be a JSON object" in bad.stderr
-    neither = manifold("tools")
-    assert neither.returncode == 2 and "--config FILE or --url URL" in neither.stderr
 
+
+def test_cli_against_a_running_gateway(tmp_path: Path) -> None:
+    config = two_servers(tmp_path)
     cmd = [PYTHON, "-m", "manifold", "serve", "--transport", "http", "--port", "0", "--config", str(config)]
     env = subprocess_env({"MANIFOLD_DB": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"})
     with running_process(cmd, env=env) as (_, url):

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 import anyio
-import httpx2
 import pytest
 import yaml
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from support import PYTHON, TESTS, running_process, start_http_upstream, subprocess_env
 
 pytestmark = [pytest.mark.conformance, pytest.mark.timeout(300)]
@@ -378,7 +378,7 @@ def fixture_command(*args: str) -> list[str]:
 async def _catalogue_ready(url: str) -> bool:
     try:
         async with (
-            httpx2.AsyncClient() as client,
+            create_mcp_http_client() as client,
             streamable_http_client(url, http_client=client) as (read, write),
             ClientSession(read, write) as session,
         ):

@@ -18,6 +18,7 @@ from mcp.client.session import ClientSession
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from support import (
     EVERYTHING,
@@ -63,7 +64,7 @@ async def stdio_gateway(config: Path) -> AsyncIterator[ClientSession]:
 
 @asynccontextmanager
 async def http_session(url: str) -> AsyncIterator[ClientSession]:
-    async with httpx2.AsyncClient() as client:
+    async with create_mcp_http_client() as client:
         async with streamable_http_client(url, http_client=client) as (read, write):
             async with ClientSession(read, write) as session:
                 await session.initialize()

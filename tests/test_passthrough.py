@@ -15,6 +15,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
 from support import PYTHON, TESTS, async_wait_for, running_process, start_http_upstream, subprocess_env
 from test_gateway import fixture_stdio, gateway_params, text_of, write_config
@@ -62,7 +63,7 @@ async def over_stdio(config: Path, **callbacks: Any) -> AsyncIterator[ClientSess
 
 @asynccontextmanager
 async def over_http(url: str, **callbacks: Any) -> AsyncIterator[ClientSession]:
-    async with httpx2.AsyncClient() as client:
+    async with create_mcp_http_client() as client:
         async with streamable_http_client(url, http_client=client) as (read, write):
             async with ClientSession(read, write, **callbacks) as session:
                 await session.initialize()

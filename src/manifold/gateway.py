@@ -7,10 +7,10 @@ listeners when the catalogue changes. It does no wire framing of its own.
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from functools import partial
-import time
 from typing import Any, Protocol
 
 import anyio

@@ -45,13 +45,13 @@ from typing import Any
 
 import anyio
 import mcp_types as types
+from fixture_server import serve_http  # same folder: one copy of the ready-line HTTP runner
 from mcp.server import Server
 from mcp.server.context import ServerRequestContext
 from mcp.server.streamable_http import EventCallback, EventId, EventMessage, EventStore, StreamId
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from starlette.types import ASGIApp, Receive, Scope, Send
-from fixture_server import serve_http  # same folder: one copy of the ready-line HTTP runner
 
 READY_PREFIX = "LISTENING "
 
