@@ -380,6 +380,14 @@ async def test_a_crash_loop_is_parked_as_failed_with_its_stderr_kept_and_masked(
         assert text_of(await gateway.call_tool("steady__echo", {"text": "fine"})) == "fine"
 
 
+async def test_an_upstream_error_echoing_a_secret_reaches_the_client_masked() -> None:
+    async with gateway_with({"leaky": chaos("leaky", env={"API_KEY": SECRET})}) as gateway:
+        with pytest.raises(UpstreamError) as caught:
+            await gateway.call_tool("leaky__error", {"message": f"key {SECRET} was refused"})
+        assert caught.value.message == "server 'leaky': key **** was refused"
+        assert SECRET not in str(caught.value.error)
+
+
 # === 4. isolation: garbage, invalid JSON-RPC, oversized, crashes ===============================
 
 

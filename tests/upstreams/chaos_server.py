@@ -77,6 +77,7 @@ TOOLS: dict[str, dict[str, Any]] = {
     "big": _schema(mib="number"),
     "add_tool": _schema(tool_name="string"),
     "stderr": _schema(text="string"),
+    "error": _schema(message="string"),
     "exit": _schema(code="integer"),
 }
 
@@ -165,6 +166,8 @@ class Server:
             self.extra_tools.append(str(args["tool_name"]))
             send({"jsonrpc": "2.0", "method": "notifications/tools/list_changed"})
             self.text(request_id, f"added {args['tool_name']}")
+        elif tool == "error":  # a JSON-RPC error whose text the caller chose (e.g. echoing a credential)
+            send({"jsonrpc": "2.0", "id": request_id, "error": {"code": -32000, "message": str(args.get("message"))}})
         elif tool == "stderr":
             log(str(args.get("text", "")))
             self.text(request_id, "ok")

@@ -26,6 +26,7 @@ from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, METHOD_NOT_FOUND, REQUE
 from manifold import __version__
 from manifold.callers import CURRENT_CALLER
 from manifold.config import ServerConfig
+from manifold.logging import masker
 from manifold.upstream.report import TransportReport
 from manifold.upstream.transports import open_transport
 
@@ -61,7 +62,23 @@ class Listing:
 
 
 class UpstreamError(MCPError):
-    """An error from or about one upstream; its message always names the server."""
+    """An error from or about one upstream; its message always names the server.
+
+    Upstreams echo credentials in their errors ("invalid token abc…"), and this
+    message reaches clients and logs, so known secrets are masked here, once.
+    """
+
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(code, masker.mask(message), data)
+
+
+def _lost_transport(message: str) -> bool:
+    """Whether a CONNECTION_CLOSED error is the SDK's own report of a lost transport.
+
+    -32000 is also the code servers use most for their own errors; those must
+    reach the client as the upstream wrote them, not as "connection lost".
+    """
+    return message == "Connection closed" or message.startswith("SSE stream ")
 
 
 class _WatchedReadStream:
@@ -419,7 +436,7 @@ class Upstream:
                 raise UpstreamError(
                     REQUEST_TIMEOUT, f"server '{self.name}' did not answer {method} within {limit:g} s"
                 ) from exc
-            if exc.code == CONNECTION_CLOSED:
+            if exc.code == CONNECTION_CLOSED and _lost_transport(exc.message):
                 self._probe.set()
                 detail = f" ({exc.message})" if exc.message != "Connection closed" else ""
                 raise UpstreamError(
