@@ -312,3 +312,31 @@ def test_lazy_config_is_validated() -> None:
     assert "server 'cmd': field 'idle_timeout'" in text
     config = parse_config({"mcpServers": {"cmd": {"command": "x", "lazy": True}}})  # client-style entries too
     assert config.servers["cmd"].lazy is True
+
+
+def test_lazy_start_bench_runs() -> None:
+    """Smoke test of bench/lazy_start.py: it runs and prints its table (no figure is checked)."""
+    import os
+    import signal
+
+    bench = Path(__file__).resolve().parent.parent / "bench" / "lazy_start.py"
+    proc = subprocess.Popen(
+        [PYTHON, str(bench), "--server", "chaos", "--repeat", "1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the bench and the servers it started
+        out, err = proc.communicate()
+        pytest.fail(f"lazy_start.py ran past 120 s\n{out}\n{err[-4000:]}")
+    assert proc.returncode == 0, err[-4000:]
+    lines = out.splitlines()
+    assert lines[0].startswith("Lazy vs eager first-call latency")
+    for row in ("eager, call", "lazy, first call", "lazy, next call"):
+        assert any(line.startswith(row) and len(line.split()) >= 4 for line in lines), out
+    bad = subprocess.run([PYTHON, str(bench), "--repeat", "0"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--repeat must be at least 1" in bad.stderr
