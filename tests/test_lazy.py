@@ -340,3 +340,28 @@ def test_lazy_start_bench_runs() -> None:
         assert any(line.startswith(row) and len(line.split()) >= 4 for line in lines), out
     bad = subprocess.run([PYTHON, str(bench), "--repeat", "0"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--repeat must be at least 1" in bad.stderr
+
+
+@pytest.mark.anyio
+async def test_store_keeps_one_listing_per_server_and_drops_it_with_the_server(tmp_path: Path) -> None:
+    from manifold.store import NotFound, Store
+
+    async with Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}").open() as store:
+        server = await store.create_server("s", {"mcp_server_type": "stdio", "command": "x"})
+        assert await store.get_listing(server.id) is None
+        await store.save_listing(server.id, {"tools": [{"name": "a"}]})
+        await store.save_listing(server.id, {"tools": [{"name": "b"}], "capabilities": {"tools": {}}})
+        assert await store.get_listing(server.id) == {"tools": [{"name": "b"}], "capabilities": {"tools": {}}}
+        await store.delete_server(server.id)
+        assert await store.get_listing(server.id) is None
+        with pytest.raises(NotFound):
+            await store.save_listing(server.id, {"tools": []})
+    # A database made before the table existed gains it on open (no migration step).
+    import sqlite3
+
+    with sqlite3.connect(tmp_path / "m.db") as db:
+        db.execute("DROP TABLE server_listings")
+    async with Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}").open() as store:
+        again = await store.create_server("s", {"mcp_server_type": "stdio", "command": "x"})
+        await store.save_listing(again.id, {"tools": []})
+        assert await store.get_listing(again.id) == {"tools": []}
