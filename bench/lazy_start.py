@@ -69,11 +69,13 @@ async def call_ms(gateway: Gateway, name: str) -> float:
 
 async def measure(server: str, repeat: int) -> tuple[dict[str, list[float]], float]:
     script = str(SERVERS[server])
-    entry = {"mcp_server_type": "stdio", "command": sys.executable, "args": [script]}
+    def entry(name: str) -> dict[str, object]:
+        return {"mcp_server_type": "stdio", "command": sys.executable, "args": [script, "--name", name]}
+
     config = parse_config(
         {
             "gateway": {"idle_timeout": 3600},
-            "mcp_servers": {"eager": entry, "lazy": {**entry, "lazy": True}},
+            "mcp_servers": {"eager": entry("eager"), "lazy": {**entry("lazy"), "lazy": True}},
         }
     )
     gateway = Gateway(config, watch=False)
