@@ -252,6 +252,11 @@ def test_lazy_server_through_the_management_api(lazy_gateway: tuple[Gateway, Pat
         # Restarted with the new settings: listed from the store (no start), idle.
         wait_idle(gw, "apilazy", marker)
         assert starts(log) == 2
+        # Refresh reads the lists from the server itself: it starts it.
+        refreshed = http.patch(f"/v1/mcp-servers/{server_id}/refresh")
+        assert refreshed.status_code == 200 and refreshed.json() == {"deleted": [], "updated": [], "added": []}
+        assert starts(log) == 3
+        wait_idle(gw, "apilazy", marker)
 
         # Bad bodies: lazy on an HTTP server, a non-positive idle timeout.
         http_lazy = {"mcp_server_type": "streamable_http", "server_url": "http://127.0.0.1:9/mcp", "lazy": True}

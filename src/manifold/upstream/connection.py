@@ -427,7 +427,12 @@ class Upstream:
             if self.listing is None:  # pragma: no cover - ready always has a listing
                 raise self._not_ready()
             return self.listing
-        self.listing = await self._read_listing()
+        self._in_flight += 1  # a lazy server is not stopped for idleness halfway through
+        try:
+            self.listing = await self._read_listing()
+        finally:
+            self._in_flight -= 1
+            self._last_used = anyio.current_time()
         self._on_change(self)
         return self.listing
 
