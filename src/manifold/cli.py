@@ -237,7 +237,22 @@ def tools(config_path: str | None, url: str | None, query: str | None, limit: in
     """Print the merged catalogue: exposed name, server, description."""
     setup_logging(log_level)
     _source(config_path, url)
-    if url is not None:
+    if query is not None and not 1 <= limit <= 50:
+        click.echo("manifold: --limit must be between 1 and 50", err=True)
+        sys.exit(2)
+    if url is not None and query is not None:
+        from manifold import remote
+
+        try:  # the gateway ranks its own catalogue (lazy servers included, not started)
+            rows = anyio.run(remote.search_tools, url, query, limit)
+        except remote.RemoteError as exc:
+            click.echo(f"manifold: search failed: {exc}", err=True)
+            sys.exit(1)
+        except Exception as exc:  # noqa: BLE001 - any failure to reach it is the answer
+            click.echo(f"manifold: cannot reach {url}: {exc}", err=True)
+            sys.exit(1)
+        query = None  # ranked already
+    elif url is not None:
         from manifold import remote
 
         rows = anyio.run(remote.list_tools, url)

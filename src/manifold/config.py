@@ -58,6 +58,14 @@ class ManifoldOptions(BaseModel):
     connect_timeout: float = Field(15.0, gt=0, description="Seconds to start and initialize the server.")
     enabled: bool = True
     tools: ToolShaping | None = Field(None, description="Filter, rename and re-describe this server's tools.")
+    lazy: bool = Field(
+        False,
+        description="stdio only: start the server on its first request, list it from the store until then, "
+        "and stop it after idle_timeout seconds without requests.",
+    )
+    idle_timeout: float | None = Field(
+        None, gt=0, description="Seconds a lazy server may sit idle before it is stopped (default: gateway.idle_timeout)."
+    )
 
     def secrets(self) -> list[str]:
         """Values that must never reach a log line or an unmasked response."""
@@ -92,6 +100,8 @@ class _HttpServerConfig(ManifoldOptions):
     def _check_auth(self) -> _HttpServerConfig:
         if self.auth_header is not None and self.auth_token is None:
             raise ValueError("auth_header is set but auth_token is missing")
+        if self.lazy:
+            raise ValueError("lazy is for stdio servers only (an HTTP server has no process to start and stop)")
         return self
 
     def headers(self) -> dict[str, str]:
@@ -139,6 +149,9 @@ class GatewaySettings(BaseModel):
     )
     search_threshold_tokens: int = Field(20000, gt=0, description="Estimated tools/list tokens at which auto searches.")
     pinned: list[str] = Field(default_factory=list, description="Globs of exposed tool names always listed directly.")
+    idle_timeout: float = Field(
+        300.0, gt=0, description="Seconds a lazy server may sit without requests before it is stopped."
+    )
     allow_stdio_api: bool = Field(
         True, description="Whether the management API may register stdio servers (commands run on this host)."
     )

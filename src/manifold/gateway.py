@@ -23,6 +23,7 @@ from manifold.catalog import Catalog, Route, ServerListing
 from manifold.config import GatewayConfig, GatewaySettings, ServerConfig, ToolShaping
 from manifold.logging import masker
 from manifold.metrics import Metrics
+from manifold.search import Hit, ToolIndex
 from manifold.upstream.connection import ProgressFn, State, Upstream
 
 log = structlog.get_logger("manifold.gateway")
@@ -36,6 +37,12 @@ class ClientBridge(Protocol):
     async def server_request(self, upstream: Upstream, method: str, params: Any, caller: Any) -> Any: ...
 
     async def server_notification(self, upstream: Upstream, notification: Any) -> None: ...
+
+
+class ListingCache(Protocol):
+    """Where a lazy server's lists are kept while it is not running (the Registry, over the store)."""
+
+    async def load_listing(self, server: str) -> Mapping[str, Any] | None: ...
 
 
 def shape_tools(tools: list[dict[str, Any]], shaping: ToolShaping | None) -> list[dict[str, Any]]:
@@ -74,7 +81,9 @@ class Gateway:
         self._tg: TaskGroup | None = None
         self._state_changed = anyio.Event()
         self.bridge: ClientBridge | None = None
+        self.listing_cache: ListingCache | None = None
         self.metrics = Metrics()
+        self._index: tuple[Catalog, ToolIndex] | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -135,6 +144,8 @@ class Gateway:
             on_change=self._on_upstream_change,
             on_notification=self._on_upstream_notification,
             on_request=self._on_upstream_request,
+            load_cached=self._load_cached,
+            idle_default=lambda: self.settings.idle_timeout,
         )
         self.upstreams[name] = upstream
         done = self._done[name] = anyio.Event()
@@ -148,6 +159,11 @@ class Gateway:
         self._tg.start_soon(supervise, name=f"upstream:{name}")
         self._rebuild()
         return upstream
+
+    async def _load_cached(self, upstream: Upstream) -> Mapping[str, Any] | None:
+        if self.listing_cache is None:
+            return None  # no store (a one-shot CLI command): the lazy server is started once to list
+        return await self.listing_cache.load_listing(upstream.name)
 
     async def remove_server(self, name: str) -> None:
         """Stop a server and wait until its session (and process) is gone."""
@@ -267,6 +283,18 @@ class Gateway:
             log.warning("name clash resolved", detail=line)
         for listener in list(self._listeners):
             listener(old, self.catalog)
+
+    def search_tools(self, query: str, limit: int = 10) -> list[Hit]:
+        """Rank the catalogue's tools for a plain-words query (lazy servers included, never started)."""
+        catalog = self.catalog
+        if self._index is None or self._index[0] is not catalog:
+
+            def server_of(name: str) -> str:
+                route = catalog.route_tool(name)
+                return route.server if route else ""
+
+            self._index = (catalog, ToolIndex(catalog.tools, server_of))
+        return self._index[1].search(query, limit)
 
     # --- routing -------------------------------------------------------------
 

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
-STATES = ("connecting", "ready", "backing_off", "failed", "disabled", "stopped")
+STATES = ("connecting", "ready", "idle", "backing_off", "failed", "disabled", "stopped")
 
 
 class _GatewayCollector(Collector):

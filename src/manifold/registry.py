@@ -43,6 +43,9 @@ log = structlog.get_logger("manifold.registry")
 CREATE_WAIT = 30.0
 """Upper bound (seconds) on how long create/update wait for the first connection."""
 
+LOAD_WAIT = 10.0
+"""Upper bound (seconds) a lazy server waits for the store before it is started once to list."""
+
 # Keys an update may send as null to mean "leave as is" (Letta declares them
 # required-but-nullable); any other key sent as null is cleared (back to its default).
 _KEEP_IF_NULL = frozenset({"mcp_server_type", "command", "args", "server_url"})
@@ -203,6 +206,8 @@ class Registry:
         self._pending: set[str] = set()
         self._changed = anyio.Event()
         self._tg: TaskGroup | None = None
+        self._loaded = anyio.Event()  # server ids are known: lazy servers may read their cached lists
+        gateway.listing_cache = self
 
     @property
     def config_servers(self) -> Mapping[str, ServerConfig]:
@@ -230,6 +235,7 @@ class Registry:
             self.gateway.add_reload_listener(self._on_reload)
             try:
                 await self._load()
+                self._loaded.set()
                 yield self
             finally:
                 self._tg = None
@@ -319,12 +325,23 @@ class Registry:
         except Exception as exc:  # noqa: BLE001 - a failed write must not take the registry down
             log.error("could not record tools", server=upstream.name, error=str(exc))
 
+    async def load_listing(self, server: str) -> Mapping[str, Any] | None:
+        """The lists a lazy server gave the last time it ran (None: it must be started once to list)."""
+        with anyio.move_on_after(LOAD_WAIT):
+            await self._loaded.wait()
+        server_id = self._by_name.get(server)
+        if server_id is None:
+            return None
+        return await self.store.get_listing(server_id)
+
     async def _sync(self, server_id: str, upstream: Upstream) -> ToolDiff:
         """Write the upstream's current listing to the store (caller holds the server's lock)."""
         listing = upstream.listing
         if listing is None or self._synced.get(server_id) is listing:
             return ToolDiff()
         diff = await self.store.sync_tools(server_id, listing.tools)
+        if not listing.cached:  # read from the server: what a lazy server is listed from next time
+            await self.store.save_listing(server_id, listing.to_json(upstream.capabilities, upstream.server_info))
         self._synced[server_id] = listing
         if diff:
             log.info(
@@ -419,6 +436,19 @@ class Registry:
         if tool is None:
             raise ToolNotFound(f"Tool not found with id={tool_id} on MCP server {server_id}")
         return record, tool
+
+    def search_tools(self, query: str, limit: int) -> list[dict[str, Any]]:
+        """The catalogue ranked for `query`: exposed name, server (name and id), description, score."""
+        return [
+            {
+                "name": hit.name,
+                "server": hit.server,
+                "server_id": self._by_name.get(hit.server),
+                "description": hit.description,
+                "score": hit.score,
+            }
+            for hit in self.gateway.search_tools(query, limit)
+        ]
 
     def exposed_tool_name(self, server_name: str, tool_name: str) -> str | None:
         """The name the MCP face shows for this tool (None while it is not listed)."""

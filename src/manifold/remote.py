@@ -1,10 +1,13 @@
-"""Talk to a running gateway: its MCP face for tools and calls, /healthz for server states."""
+"""Talk to a running gateway: its MCP face for tools and calls, /healthz for server states,
+and the management API's tool search."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+
+import os
 
 import httpx2
 import mcp_types as types
@@ -53,3 +56,29 @@ async def call_tool(url: str, name: str, arguments: dict[str, Any]) -> dict[str,
     async with session(url) as mcp:
         result = await mcp.call_tool(name, arguments)
         return result.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class RemoteError(Exception):
+    """The gateway answered a request with an error; the message is its `detail`."""
+
+
+async def search_tools(url: str, query: str, limit: int, token: str | None = None) -> list[dict[str, Any]]:
+    """Rank the gateway's catalogue for `query` (GET /v1/mcp-servers/tools/search).
+
+    The token is MANIFOLD_API_TOKEN unless given; a loopback gateway without one needs none.
+    """
+    token = token if token is not None else os.environ.get("MANIFOLD_API_TOKEN") or None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with httpx2.AsyncClient(timeout=30.0, headers=headers) as client:
+        response = await client.get(
+            _base(url) + "/v1/mcp-servers/tools/search", params={"query": query, "limit": limit}
+        )
+    if response.status_code != 200:
+        try:
+            detail = response.json().get("detail")
+        except ValueError:
+            detail = response.text
+        if isinstance(detail, list):  # field errors
+            detail = "; ".join(str(e.get("msg")) for e in detail if isinstance(e, dict))
+        raise RemoteError(f"HTTP {response.status_code}: {detail}")
+    return list(response.json())

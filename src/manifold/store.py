@@ -87,6 +87,17 @@ tools = Table(
     Index(None, "server_id"),
 )
 
+# The last lists a server gave (tools, prompts, resources, capabilities): what a
+# lazy server is listed from while it is not running. A table of its own, so an
+# existing database gains it from `create_all` with no ALTER.
+server_listings = Table(
+    "server_listings",
+    metadata,
+    Column("server_id", String(64), ForeignKey("mcp_servers.id", ondelete="CASCADE"), primary_key=True),
+    Column("listing", JSON, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 
 class StoreError(Exception):
     pass
@@ -371,6 +382,7 @@ class Store:
             if record is None:
                 return None
             await conn.execute(delete(tools).where(tools.c.server_id == server_id))
+            await conn.execute(delete(server_listings).where(server_listings.c.server_id == server_id))
             await conn.execute(delete(mcp_servers).where(mcp_servers.c.id == server_id))
             return record
 
@@ -493,3 +505,31 @@ class Store:
             if names is not None:
                 query = query.where(tools.c.name.in_(list(names)))
             await conn.execute(query)
+
+    # --- cached lists -----------------------------------------------------------------
+
+    async def get_listing(self, server_id: str) -> dict[str, Any] | None:
+        """The lists last recorded for a server (None if it never listed)."""
+        async with self._tx() as conn:
+            row = (
+                await conn.execute(select(server_listings.c.listing).where(server_listings.c.server_id == server_id))
+            ).first()
+            return dict(row.listing) if row and isinstance(row.listing, dict) else None
+
+    async def save_listing(self, server_id: str, listing: Mapping[str, Any]) -> None:
+        """Record a server's lists (replacing the last ones); NotFound if the server is gone."""
+        values = {"listing": dict(listing), "updated_at": _now()}
+        for _ in range(2):
+            try:
+                async with self._tx() as conn:
+                    if await self._get(conn, server_id, lock=True) is None:
+                        raise NotFound(server_id)
+                    done = await conn.execute(
+                        update(server_listings).where(server_listings.c.server_id == server_id).values(**values)
+                    )
+                    if done.rowcount == 0:
+                        await conn.execute(insert(server_listings).values(server_id=server_id, **values))
+                return
+            except IntegrityError:
+                continue  # inserted meanwhile by another writer: update it
+        raise StoreError(f"could not record the lists of server {server_id}")  # pragma: no cover

@@ -56,6 +56,7 @@ def server_health(gateway: Gateway) -> dict[str, Any]:
         servers[name] = {
             "state": upstream.state.value,
             "transport": upstream.config.mcp_server_type,
+            "lazy": upstream.lazy,
             "tools": len(listing.tools) if listing else 0,
             "prompts": len(listing.prompts) if listing else 0,
             "resources": len(listing.resources) if listing else 0,

@@ -252,6 +252,19 @@ class ToolExecutionResult(BaseModel):
     )
 
 
+class ToolSearchResult(BaseModel):
+    """One tool of the merged catalogue, ranked for a query (Manifold extension)."""
+
+    name: str = Field(description="The exposed name (what MCP clients call it by)")
+    server: str = Field(description="The server's name")
+    server_id: str | None = Field(None, description="The server's id (mcp_server-<uuid4>)")
+    description: str = Field(description="The first line of the tool's description")
+    score: float = Field(description="Relevance; higher is better, results come best first")
+
+
+SEARCH_LIMIT_MAX = 50
+
+
 class RefreshResult(BaseModel):
     deleted: list[str] = Field(description="Tool names removed (gone upstream)")
     updated: list[str] = Field(description="Tool names whose description or schema changed")
@@ -498,6 +511,30 @@ def create_router(registry: Registry, settings: ApiSettings | None = None) -> AP
     async def list_mcp_servers() -> Any:
         """Every server: those created through the API and those from the config file."""
         return [shown(view) for view in await registry.list_servers()]
+
+    # Before the `/{mcp_server_id}` routes; "tools" is never a server id (mcp_server-<uuid4>).
+    @router.get(
+        "/tools/search",
+        response_model=list[ToolSearchResult],
+        operation_id="mcp_search_tools",
+        summary="Search Tools",
+        responses=_responses(),
+    )
+    async def search_tools(
+        query: Annotated[
+            str, Query(min_length=1, max_length=1000, description="What the tool should do, in plain words")
+        ],
+        limit: Annotated[int, Query(ge=1, le=SEARCH_LIMIT_MAX, description="How many results at most")] = 10,
+    ) -> Any:
+        """Rank every tool of every server (lazy servers included, without starting them) for a query.
+
+        A Manifold extension: the same lexical ranker as the MCP face's search mode.
+        """
+        if not query.strip():
+            raise RequestValidationError(
+                [{"loc": ("query", "query"), "msg": "the query is blank", "type": "value_error"}]
+            )
+        return registry.search_tools(query, limit)
 
     @router.get(
         "/{mcp_server_id}",

@@ -4,6 +4,12 @@ The supervisor owns the session: it connects, reads the server's lists, waits
 for the connection to end, and reconnects with backoff. Requests never open
 a connection of their own; they use the session the supervisor holds, or fail
 at once with an error that names the server and its state.
+
+A lazy server (`lazy: true`) is the exception to "always connected": its lists
+come from a cache (or from one start that only lists), it is started by the
+first request routed to it, and stopped again after `idle_timeout` seconds
+without requests. A lazy server that fails is not retried on its own: the
+next request tries again.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ STABLE_AFTER = 10.0  # a connection lost sooner than this after its start counts
 LIST_DEBOUNCE = 0.05
 
 ProgressFn = Callable[[float, float | None, str | None], Awaitable[None]]
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 
 class State(StrEnum):
@@ -48,6 +55,7 @@ class State(StrEnum):
     BACKING_OFF = "backing_off"
     FAILED = "failed"
     DISABLED = "disabled"
+    IDLE = "idle"  # a lazy server that is not running; its lists are known
     STOPPED = "stopped"
 
 
@@ -59,6 +67,29 @@ class Listing:
     prompts: list[dict[str, Any]] = field(default_factory=list)
     resources: list[dict[str, Any]] = field(default_factory=list)
     resource_templates: list[dict[str, Any]] = field(default_factory=list)
+    cached: bool = False  # read from the store, not (yet) from the running server
+
+    def to_json(self, capabilities: dict[str, Any], server_info: dict[str, Any]) -> dict[str, Any]:
+        """What the store keeps for a lazy server: the lists and the handshake's capabilities."""
+        return {
+            "tools": self.tools,
+            "prompts": self.prompts,
+            "resources": self.resources,
+            "resource_templates": self.resource_templates,
+            "capabilities": capabilities,
+            "server_info": server_info,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Listing:
+        def items(key: str) -> list[dict[str, Any]]:
+            value = data.get(key)
+            return [dict(i) for i in value if isinstance(i, dict)] if isinstance(value, list) else []
+
+        return cls(items("tools"), items("prompts"), items("resources"), items("resource_templates"), cached=True)
+
+
+CacheLoader = Callable[["Upstream"], Awaitable[Mapping[str, Any] | None]]
 
 
 class UpstreamError(MCPError):
@@ -129,6 +160,8 @@ class Upstream:
         on_change: Callable[[Upstream], None],
         on_notification: Callable[[Upstream, Any], Awaitable[None]] | None = None,
         on_request: Callable[[Upstream, str, Any, Any], Awaitable[Any]] | None = None,
+        load_cached: CacheLoader | None = None,
+        idle_default: Callable[[], float] = lambda: DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         self.name = name
         self.config = config
@@ -152,6 +185,25 @@ class Upstream:
         self._cancel: anyio.CancelScope | None = None
         self.log = log.bind(server=name)
         self.report = TransportReport(name)  # pid, exit status, stderr tail, HTTP status (kept across restarts)
+        # Lazy servers: whether a start is wanted now, requests in flight, when the last one ended.
+        self._load_cached = load_cached
+        self._idle_default = idle_default
+        self._wanted = not self.lazy
+        self._in_flight = 0
+        self._last_used = -math.inf
+        self._idle_stop = False
+        self._nudge = anyio.Event()
+        self._state_event = anyio.Event()
+
+    @property
+    def lazy(self) -> bool:
+        return bool(getattr(self.config, "lazy", False))
+
+    @property
+    def idle_timeout(self) -> float:
+        """Seconds a lazy server may sit without requests before it is stopped."""
+        own = getattr(self.config, "idle_timeout", None)
+        return float(own) if own is not None else float(self._idle_default())
 
     # --- supervision ---------------------------------------------------------
 
@@ -166,15 +218,23 @@ class Upstream:
         failures = 0  # attempts since the last one that became ready
         quick = 0  # ready connections in a row that were lost within STABLE_AFTER
         with anyio.CancelScope() as self._cancel:
+            if self.lazy and self.config.enabled:
+                await self._load_listing_from_cache()
             while not self._stopping:
                 if not self.config.enabled:
                     self._set_state(State.DISABLED)
+                    await self._wait_wake()
+                    continue
+                if self.lazy and not self._wanted:
+                    if self.state != State.FAILED:
+                        self._set_state(State.IDLE)
                     await self._wait_wake()
                     continue
                 self._set_state(State.CONNECTING)
                 connects, started = self.connects, anyio.current_time()
                 try:
                     await self._connect_and_serve()
+                    continue  # a lazy server stopped for being idle: not a failure
                 except Exception as exc:  # noqa: BLE001 - any failure is this server's alone
                     if self.connects > connects:  # it was ready, then lost
                         failures = 0
@@ -186,6 +246,12 @@ class Upstream:
                 if self._stopping:
                     break
                 self.restarts += 1
+                if self.lazy and self.listing is not None:
+                    # Its lists are known: wait for the next request rather than retry on a timer.
+                    self._wanted = False
+                    failures = quick = 0
+                    self._set_state(State.FAILED, force=True)
+                    continue
                 strikes = failures + quick
                 if strikes >= CRASH_LOOP_LIMIT:
                     self._set_state(State.FAILED)
@@ -208,8 +274,51 @@ class Upstream:
         self._wake = anyio.Event()
 
     def wake(self) -> None:
-        """Cut a backoff short, or retry a parked server (refresh, config change)."""
+        """Cut a backoff short, or retry a parked server (refresh, a request); start a lazy one."""
+        if self.lazy:
+            self._wanted = True
+            self._last_used = anyio.current_time()
         self._wake.set()
+
+    def sleep_now(self) -> None:
+        """Stop a running lazy server as soon as no request is in flight (as if its idle time had passed)."""
+        if self.lazy:
+            self._last_used = -math.inf
+            self._nudge.set()
+
+    async def _load_listing_from_cache(self) -> None:
+        """A lazy server's lists from the store; without any, start it once to read them."""
+        data = None
+        if self._load_cached is not None:
+            try:
+                data = await self._load_cached(self)
+            except Exception as exc:  # noqa: BLE001 - no cache is no reason to fail
+                self.log.warning("could not read the cached lists", error=_describe(exc))
+        if data:
+            self.listing = Listing.from_json(data)
+            self.capabilities = dict(data.get("capabilities") or {})
+            self.server_info = dict(data.get("server_info") or {})
+            self.log.info("lazy server listed from the cache", tools=len(self.listing.tools))
+        else:
+            self._wanted = True  # first registration: start, list, stop (_last_used is long past)
+            self.log.info("lazy server started once to read its lists")
+
+    async def _idle_loop(self, closed: anyio.Event) -> None:
+        """Stop a lazy server once it has had no request for its idle timeout."""
+        while True:
+            remaining = self.idle_timeout
+            if self._in_flight == 0:
+                remaining = self._last_used + self.idle_timeout - anyio.current_time()
+                if remaining <= 0:
+                    self._idle_stop = True
+                    self._wanted = False
+                    self._session = None  # new requests wait for the next start, not this closing session
+                    self.log.info("lazy server idle; stopping it", idle_timeout=self.idle_timeout)
+                    closed.set()
+                    return
+            with anyio.move_on_after(remaining):
+                await self._nudge.wait()
+            self._nudge = anyio.Event()
 
     def stop(self) -> None:
         self._stopping = True
@@ -249,14 +358,22 @@ class Upstream:
                     async with anyio.create_task_group() as tg:
                         tg.start_soon(self._relist_loop)
                         tg.start_soon(self._probe_loop)
+                        if self.lazy:
+                            tg.start_soon(self._idle_loop, closed)
                         await closed.wait()
                         tg.cancel_scope.cancel()
                 finally:
                     self._session = None
                     self._ready = anyio.Event()
-                    if self.state == State.READY and not self._stopping:
+                    if self._idle_stop:
+                        self._set_state(State.IDLE)
+                    elif self.state == State.READY and not self._stopping:
                         # Lost: say so now, not once the old transport is torn down.
                         self._set_state(State.BACKING_OFF)
+        if self._idle_stop:
+            self._idle_stop = False
+            self.log.info("lazy server stopped")
+            return
         if deadline.cancelled_caught:
             raise TimeoutError(f"did not connect within {self.config.connect_timeout:g} s")
         raise ConnectionError("the connection to the server closed")
@@ -286,6 +403,8 @@ class Upstream:
         self.state = state
         if state == State.READY:
             self._ready.set()
+        changed, self._state_event = self._state_event, anyio.Event()
+        changed.set()
         self._on_change(self)
 
     # --- lists -----------------------------------------------------------------
@@ -308,7 +427,7 @@ class Upstream:
         cursor: str | None = None
         seen: set[str] = set()
         while True:
-            result = await self.request(method, {"cursor": cursor} if cursor else None)
+            result = await self._request(method, {"cursor": cursor} if cursor else None)
             items.extend(result.get(key) or [])
             cursor = result.get("nextCursor")
             if not cursor or cursor in seen:
@@ -321,10 +440,16 @@ class Upstream:
             self.wake()
             with anyio.fail_after(self.config.connect_timeout + 1):
                 await self._ready.wait()
+            self._last_used = anyio.current_time()
             if self.listing is None:  # pragma: no cover - ready always has a listing
                 raise self._not_ready()
             return self.listing
-        self.listing = await self._read_listing()
+        self._in_flight += 1  # a lazy server is not stopped for idleness halfway through
+        try:
+            self.listing = await self._read_listing()
+        finally:
+            self._in_flight -= 1
+            self._last_used = anyio.current_time()
         self._on_change(self)
         return self.listing
 
@@ -340,7 +465,7 @@ class Upstream:
             await self._probe.wait()
             self._probe = anyio.Event()
             try:
-                await self.request("ping", None, timeout=self.config.connect_timeout)
+                await self._request("ping", None, timeout=self.config.connect_timeout)
             except UpstreamError as exc:
                 if exc.code != METHOD_NOT_FOUND:  # a server without ping is still a server
                     reason = exc.message.removeprefix(f"server '{self.name}': ")
@@ -413,6 +538,40 @@ class Upstream:
         Raw dicts, not models: the result goes back to the client as the
         upstream wrote it, and nothing is parsed twice on the hot path.
         """
+        if self.lazy:
+            self._in_flight += 1
+            try:
+                return await self._lazy_request(method, params, timeout=timeout, on_progress=on_progress)
+            finally:
+                self._in_flight -= 1
+                self._last_used = anyio.current_time()
+        return await self._request(method, params, timeout=timeout, on_progress=on_progress)
+
+    async def _lazy_request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        *,
+        timeout: float | None,
+        on_progress: ProgressFn | None,
+    ) -> dict[str, Any]:
+        """Start a sleeping lazy server (its first request's latency includes the start), then send."""
+        if self._session is None and self.config.enabled and not self._stopping:
+            restarts = self.restarts
+            self.wake()
+            with anyio.move_on_after(self.config.connect_timeout + 1):
+                while self._session is None and self.restarts == restarts and not self._stopping:
+                    await self._state_event.wait()
+        return await self._request(method, params, timeout=timeout, on_progress=on_progress)
+
+    async def _request(
+        self,
+        method: str,
+        params: Mapping[str, Any] | None,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressFn | None = None,
+    ) -> dict[str, Any]:
         session = self._session
         if session is None:
             raise self._not_ready()
