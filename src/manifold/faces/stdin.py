@@ -36,18 +36,25 @@ class StdinLines:
         return self
 
     async def __anext__(self) -> str:
+        line = await self.read_line()
+        if line is None:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+    async def read_line(self) -> bytes | None:
+        """The next line as bytes (newline kept), None at end of input."""
         while True:
             end = self._buffer.find(b"\n")
             if end >= 0:
                 line = bytes(self._buffer[: end + 1])
                 del self._buffer[: end + 1]
-                return line.decode("utf-8", errors="replace")
+                return line
             if self._eof:
                 if not self._buffer:
-                    raise StopAsyncIteration
+                    return None
                 line = bytes(self._buffer)
                 self._buffer.clear()
-                return line.decode("utf-8", errors="replace")
+                return line
             chunk = await self._read()
             if chunk:
                 self._buffer += chunk
