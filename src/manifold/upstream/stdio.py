@@ -67,6 +67,7 @@ _LEAN_HEAD = re.compile(rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*
 _LEAN_TAIL = re.compile(rb'"id"\s*:\s*(-\d+)\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
 _LEAN_TAIL_START = re.compile(rb'\s*\{\s*"(result|error)"\s*:')
 _TAIL_WINDOW = 96
+_STDIN_HIGH_WATER = 256 * 1024
 
 
 def resolve_command(command: str, env: dict[str, str]) -> str:
@@ -189,10 +190,27 @@ class _StdioPipes:
         return self.raw_calls.pop(request_id, None)
 
     async def send(self, frame: bytes) -> None:
-        """Write one whole frame (newline included) to the server's stdin."""
-        assert self.process.stdin is not None
-        async with self._stdin_lock:
-            await self.process.stdin.send(frame)
+        """Write one whole frame (newline included) to the server's stdin.
+
+        asyncio's pipe writer takes a whole frame synchronously (what the pipe
+        cannot take now is buffered), so frames never interleave: the drain is
+        only needed once the buffer grows. anyio's `send()` would also yield
+        to the event loop after every frame.
+        """
+        stdin = self.process.stdin
+        assert stdin is not None
+        writer = getattr(stdin, "_stream", None)
+        if writer is None or self.closed or writer.is_closing():
+            async with self._stdin_lock:
+                await stdin.send(frame)
+            return
+        try:
+            writer.write(frame)
+            if writer.transport.get_write_buffer_size() > _STDIN_HIGH_WATER:
+                async with self._stdin_lock:
+                    await writer.drain()
+        except (ConnectionResetError, BrokenPipeError, RuntimeError) as exc:
+            raise anyio.BrokenResourceError from exc
 
     def _raw_response(self, line: bytes) -> bool:
         """Hand a response to a raw call back as bytes; False if the line is not one."""
