@@ -418,5 +418,6 @@ async def serve_stdio(face: McpFace, stdin: StdinLines | None = None) -> AsyncIt
                 tg.cancel_scope.cancel()
     finally:
         writer.close()
+        stdio.stdin.close()
         _release_stdout(private)
         log.info("stdio client gone", lean_calls=stdio.lean_calls)
