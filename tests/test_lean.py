@@ -174,3 +174,43 @@ async def test_cached_tool_pages_match_and_follow_the_catalogue(tmp_path: Path) 
             await session.call_tool("alpha__register_tool", {"tool_name": "fresh"})
             while "alpha__fresh" not in {tool["name"] for tool in await listing(session)}:
                 await anyio.sleep(0.05)
+
+
+async def test_sampling_and_logs_during_concurrent_lean_calls_reach_the_client(tmp_path: Path) -> None:
+    """Server-to-client requests and log lines during lean calls still reach the calling client."""
+    gw = Gateway(tmp_path / "gateway.log")
+    proto = str(TESTS / "upstreams" / "protocol_server.py")
+    servers = {"proto": {"mcp_server_type": "stdio", "command": PYTHON, "args": [proto, "--name", "proto"]}}
+    logs: list[Any] = []
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        prompt = params.messages[0].content
+        text = prompt.text if isinstance(prompt, types.TextContent) else "?"
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text=f"re {text}"), model="test"
+        )
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    config = write_config(tmp_path, servers)
+    answers: dict[int, str] = {}
+    with gw.errlog.open("w") as errlog:
+        async with stdio_client(gateway_params(config), errlog=errlog) as (read, write):
+            async with ClientSession(read, write, sampling_callback=sampling, logging_callback=on_log) as session:
+                await session.initialize()
+                await session.list_tools()
+                await session.set_logging_level("debug")
+
+                async def ask(i: int) -> None:
+                    answers[i] = text_of(await session.call_tool("proto__ask_llm", {"prompt": f"q{i}"}))
+
+                with anyio.fail_after(60):
+                    async with anyio.create_task_group() as tg:
+                        for i in range(8):
+                            tg.start_soon(ask, i)
+                    assert text_of(await session.call_tool("proto__chatty", {"n": 2})) == "done"
+                    await async_wait_for(lambda: len(logs) >= 2, what="two log lines")
+    assert answers == {i: f"proto:re q{i}" for i in range(8)}
+    assert logs[:2] == ["proto line 0", "proto line 1"]
+    await async_wait_for(lambda: gw.lean_calls() == 9, what="the gateway's exit line")
