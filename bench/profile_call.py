@@ -64,7 +64,17 @@ TASK_PHASES: list[tuple[str, str]] = [
         "_replay_from_opening_request.<locals>.replay_then_relay",
         "face: SDK runner relay task (one more stream hop)",
     ),
-    ("_StdioPipes.read_stdout (manifold/upstream/stdio.py", "upstream: read stdout line + parse JSON-RPC"),
+    (
+        "StdioFace.read (manifold/faces/stdio.py",
+        "face: read stdin line, lean tools/call to the upstream or parse for the SDK (faces/stdio.py)",
+    ),
+    ("StdioFace.write (manifold/faces/stdio.py", "face: serialise SDK response + write stdout (faces/stdio.py)"),
+    ("FrameWriter.run (manifold/faces/stdio.py", "face: flush stdout (faces/stdio.py)"),
+    ("StdioFace.sweep (manifold/faces/stdio.py", "face: lean-call deadline sweep (faces/stdio.py)"),
+    (
+        "_StdioPipes.read_stdout (manifold/upstream/stdio.py",
+        "upstream: read stdout line; lean reply id swap + write stdout, or parse JSON-RPC",
+    ),
     ("_StdioPipes.write_stdin (manifold/upstream/stdio.py", "upstream: serialise request + write stdin"),
     (
         "stdio_client.<locals>.stdout_reader (mcp/client/stdio.py",
@@ -361,7 +371,10 @@ async def calls_while(cmd: list[str], session: ClientSession, tool: str) -> int:
             if proc.returncode is None:
                 proc.terminate()
             await proc.wait()
-        err = (await proc.stderr.receive(65536)).decode(errors="replace") if proc.stderr else ""
+        try:
+            err = (await proc.stderr.receive(65536)).decode(errors="replace") if proc.stderr else ""
+        except anyio.EndOfStream:  # py-spy said nothing on stderr
+            err = ""
     if proc.returncode != 0:
         raise RuntimeError(f"py-spy failed ({proc.returncode}): {err[-2000:]}")
     return calls

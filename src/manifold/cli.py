@@ -107,10 +107,8 @@ def _api_settings(api_token_file: str | None) -> Any:
 async def _serve_stdio(gateway: Any, registry: Any = None) -> None:
     from contextlib import nullcontext
 
-    from mcp.server.stdio import stdio_server
-
     from manifold.faces.mcp import McpFace
-    from manifold.faces.stdin import StdinLines
+    from manifold.faces.stdio import serve_stdio
 
     face = McpFace(gateway)
     managed = registry.running() if registry is not None else nullcontext()
@@ -118,7 +116,8 @@ async def _serve_stdio(gateway: Any, registry: Any = None) -> None:
         tg.start_soon(face.run_notifier)
         tg.start_soon(_stop_on_signal, tg.cancel_scope)
         # A cancellable stdin: SIGINT/SIGTERM shut down in order (upstreams stopped), no hang.
-        async with stdio_server(stdin=StdinLines()) as (read, write):  # type: ignore[arg-type]
+        # Hot tools/call frames take the lean path (faces/stdio.py); the rest the SDK's server.
+        async with serve_stdio(face) as (read, write, _):
             await face.server.run(read, write, face.initialization_options())
         tg.cancel_scope.cancel()
 

@@ -15,6 +15,9 @@ import structlog
 
 log = structlog.get_logger("manifold.tracing")
 
+enabled = False
+"""True once an exporter is installed: the lean stdio path then steps aside so every call gets its spans."""
+
 
 def setup_tracing(service_name: str = "manifold") -> bool:
     """Install an OTLP exporter when `OTEL_EXPORTER_OTLP_ENDPOINT` (or the traces one) is set."""
@@ -32,5 +35,7 @@ def setup_tracing(service_name: str = "manifold") -> bool:
     provider = TracerProvider(resource=Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", service_name)}))
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
+    global enabled
+    enabled = True
     log.info("tracing on", endpoint=os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
     return True

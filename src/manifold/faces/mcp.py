@@ -30,7 +30,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from manifold import __version__
 from manifold.callers import CURRENT_CALLER
 from manifold.catalog import Catalog
-from manifold.faces.disclosure import META_NAMES, Disclosure
+from manifold.faces.disclosure import META_NAMES, MODES, Disclosure
 from manifold.gateway import Gateway
 from manifold.upstream.connection import Upstream
 
@@ -108,6 +108,50 @@ class _FastToolCall:
         return await self.face.call_tool(ctx, name, arguments)
 
 
+class _ListCache:
+    """tools/list pages as the SDK shaped them, kept until the catalogue (or settings) change.
+
+    The SDK validates and sieves every result against the protocol models: for
+    a catalogue of 1,000 tools that is most of the time a list takes. The
+    pages only change with the catalogue, so each is shaped once. The cached
+    dict goes back through the SDK's pipeline (which copies it), so what the
+    client gets is exactly what the full path gave.
+    """
+
+    def __init__(self, face: McpFace) -> None:
+        self.face = face
+        self.pages: dict[tuple[str | None, str | None], Any] = {}
+        self._catalog: Catalog | None = None
+        self._settings: Any = None
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        params = ctx.params or {}
+        cursor = params.get("cursor")
+        if (
+            ctx.method != "tools/list"
+            or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
+            or not ctx.session._connection.initialize_accepted  # noqa: SLF001
+            or not params.keys() <= {"cursor", "_meta"}
+            or not (cursor is None or isinstance(cursor, str))
+        ):
+            return await call_next(ctx)
+        requested = self.face._requested_mode(ctx)
+        if requested is not None and requested not in MODES:
+            return await call_next(ctx)
+        gateway = self.face.gateway
+        await gateway.wait_settled()
+        catalog, settings = gateway.catalog, gateway.settings
+        if catalog is not self._catalog or settings is not self._settings:
+            self.pages, self._catalog, self._settings = {}, catalog, settings
+        key = (requested, cursor)
+        page = self.pages.get(key)
+        if page is None:
+            page = await call_next(ctx)
+            if gateway.catalog is catalog and gateway.settings is settings:
+                self.pages[key] = page
+        return page
+
+
 class McpFace:
     """Builds the low-level server and broadcasts list_changed to every client."""
 
@@ -173,13 +217,17 @@ class McpFace:
             return await self.disclosure.call(name, arguments, meta, on_progress)
         return await self.gateway.call_tool(name, arguments, meta=meta, on_progress=on_progress)
 
-    def _mode(self, ctx: ServerRequestContext[Any, Any]) -> str:
-        """The catalogue mode of this client: `/mcp?mode=search` overrides the gateway's."""
+    def _requested_mode(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
+        """The mode this client asked for (`/mcp?mode=search`), if any."""
         state = ctx.session._connection.state  # noqa: SLF001
         if "manifold_mode" not in state:
             query = getattr(ctx.request, "query_params", None)
             state["manifold_mode"] = query.get("mode") if query is not None else None
-        return self.disclosure.effective_mode(state["manifold_mode"])
+        return state["manifold_mode"]
+
+    def _mode(self, ctx: ServerRequestContext[Any, Any]) -> str:
+        """The catalogue mode of this client: `/mcp?mode=search` overrides the gateway's."""
+        return self.disclosure.effective_mode(self._requested_mode(ctx))
 
     # --- the way back: upstream requests and notifications to clients ---------------
 
@@ -347,6 +395,7 @@ class McpFace:
             on_roots_list_changed=roots_changed,
             )
         server.middleware.insert(0, self.tracker)
+        server.middleware.append(_ListCache(self))
         server.middleware.append(_FastToolCall(self))  # innermost: tracing still wraps it
         return server
 

@@ -13,12 +13,15 @@ on a thread: it never blocks for long.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import stat
 import sys
+from typing import Any
 
 import anyio
 import anyio.to_thread
+import sniffio
 
 _CHUNK = 65536
 
@@ -31,30 +34,65 @@ class StdinLines:
         self._buffer = bytearray()
         self._eof = False
         self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
+        self._pipe: asyncio.StreamReader | None = None
+        self._transport: Any = None
+        self._try_pipe = self._pollable
 
     def __aiter__(self) -> StdinLines:
         return self
 
     async def __anext__(self) -> str:
+        line = await self.read_line()
+        if line is None:
+            raise StopAsyncIteration
+        return line.decode("utf-8", errors="replace")
+
+    async def read_line(self) -> bytes | None:
+        """The next line as bytes (newline kept), None at end of input."""
         while True:
             end = self._buffer.find(b"\n")
             if end >= 0:
                 line = bytes(self._buffer[: end + 1])
                 del self._buffer[: end + 1]
-                return line.decode("utf-8", errors="replace")
+                return line
             if self._eof:
                 if not self._buffer:
-                    raise StopAsyncIteration
+                    return None
                 line = bytes(self._buffer)
                 self._buffer.clear()
-                return line.decode("utf-8", errors="replace")
+                return line
             chunk = await self._read()
             if chunk:
                 self._buffer += chunk
             else:
                 self._eof = True
 
+    async def _open_pipe(self) -> None:
+        """On asyncio, a pipe transport: the reader stays registered with the loop between reads
+        (waiting for readability registers and unregisters it on every read)."""
+        self._try_pipe = False
+        if sniffio.current_async_library() != "asyncio":
+            return
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader(limit=_CHUNK * 16)
+        file = os.fdopen(os.dup(self._fd), "rb", buffering=0)  # the transport closes its own copy
+        try:
+            self._transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), file)
+        except (OSError, ValueError):  # not a pipe, socket or tty, or epoll refuses it
+            file.close()
+            return
+        self._pipe = reader
+
+    def close(self) -> None:
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
     async def _read(self) -> bytes:
+        if self._try_pipe:
+            await self._open_pipe()
+        if self._pipe is not None:
+            return await self._pipe.read(_CHUNK)
         if self._pollable:
             try:
                 await anyio.wait_readable(self._fd)

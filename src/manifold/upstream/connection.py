@@ -519,6 +519,15 @@ class Upstream:
     def ready(self) -> bool:
         return self._session is not None
 
+    @property
+    def raw_channel(self) -> Any:
+        """The live stdio connection's raw channel (frames in, response lines out), or None."""
+        return self.report.raw if self._session is not None else None
+
+    def connection_lost(self) -> None:
+        """A request lost its connection: have the prober check the server is still there."""
+        self._probe.set()
+
     def _not_ready(self) -> UpstreamError:
         detail = f" ({self.last_error})" if self.last_error else ""
         return UpstreamError(

@@ -46,6 +46,8 @@ class TransportReport:
         """How long the last spawn (reaper included) took to return."""
         self.http_error: str | None = None
         """The current connection's last HTTP error, e.g. 'HTTP 401 Unauthorized from POST <url>'."""
+        self.raw: Any = None
+        """The live stdio connection's raw frame channel (the lean path's way in); None otherwise."""
         self.log = log.bind(server=server)
 
     def begin(self) -> None:

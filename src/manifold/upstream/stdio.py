@@ -27,7 +27,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
-from typing import Any
+from typing import Any, Protocol
 
 import anyio
 import anyio.lowlevel
@@ -61,6 +61,13 @@ _EDGE = 4096  # bytes kept from each end of an oversized message, to find its id
 _ID = r'(-?\d+|"(?:[^"\\]|\\.)*")'
 _HEAD_ID = re.compile(rb'^\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*' + _ID.encode())
 _TAIL_ID = re.compile(rb'"id"\s*:\s*' + _ID.encode() + rb'\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
+# A response to a raw (lean) request: its id is negative, the SDK session's never are.
+# The id first (Python SDKs) or last (JSON.stringify of {result, jsonrpc, id}).
+_LEAN_HEAD = re.compile(rb'\s*\{\s*(?:"jsonrpc"\s*:\s*"2\.0"\s*,\s*)?"id"\s*:\s*(-\d+)\s*,\s*"(result|error)"\s*:')
+_LEAN_TAIL = re.compile(rb'"id"\s*:\s*(-\d+)\s*(?:,\s*"jsonrpc"\s*:\s*"2\.0"\s*)?\}\s*$')
+_LEAN_TAIL_START = re.compile(rb'\s*\{\s*"(result|error)"\s*:')
+_TAIL_WINDOW = 96
+_STDIN_HIGH_WATER = 256 * 1024
 
 
 def resolve_command(command: str, env: dict[str, str]) -> str:
@@ -100,6 +107,7 @@ async def open_stdio(
         # Whatever happens from here, the finally below closes the watch pipe,
         # and that alone has the reaper take the server's group down.
         pipes = _StdioPipes(process, report, watch)
+        report.raw = pipes
         async with anyio.create_task_group() as tg:
             tg.start_soon(pipes.read_stdout)
             tg.start_soon(pipes.write_stdin)
@@ -113,6 +121,7 @@ async def open_stdio(
                     await pipes.shutdown()
                 tg.cancel_scope.cancel()
     finally:
+        report.raw = None
         watch.close()
 
 
@@ -129,8 +138,26 @@ class _Watch:
                 os.close(fd)
 
 
+class RawCall(Protocol):
+    """A request sent as a raw frame; its response comes back without being parsed into models."""
+
+    def answered(self, line: bytes, id_span: tuple[int, int], is_error: bool) -> None:
+        """The response line as the server wrote it, the span of its id, and whether it is an error."""
+
+    def answered_message(self, message: Any) -> None:
+        """A response that needed the full parser (unusual key order): a JSONRPCResponse or JSONRPCError."""
+
+    def lost(self) -> None:
+        """The connection ended before the response came."""
+
+
 class _StdioPipes:
-    """The three pipe tasks of one server process and its shutdown sequence."""
+    """The three pipe tasks of one server process and its shutdown sequence.
+
+    It is also the raw channel of the lean forwarding path (see faces/stdio.py):
+    `start()` registers a call under a negative id, `send()` writes its frame,
+    and the stdout reader hands the matching response line straight back.
+    """
 
     def __init__(self, process: Process, report: TransportReport, watch: _Watch) -> None:
         self.process = process
@@ -143,6 +170,75 @@ class _StdioPipes:
         self.stderr_done = anyio.Event()
         self.bad_lines = 0
         self.shutting_down = False
+        self.closed = False
+        self.raw_calls: dict[int, RawCall] = {}
+        self._next_raw = -1
+        self._stdin_lock = anyio.Lock(fast_acquire=True)
+
+    # --- the raw channel ----------------------------------------------------------
+
+    def start(self, call: RawCall) -> int:
+        """Register `call` and return the request id its frame must carry."""
+        if self.closed:
+            raise anyio.BrokenResourceError
+        request_id = self._next_raw
+        self._next_raw -= 1
+        self.raw_calls[request_id] = call
+        return request_id
+
+    def forget(self, request_id: int) -> RawCall | None:
+        return self.raw_calls.pop(request_id, None)
+
+    async def send(self, frame: bytes) -> None:
+        """Write one whole frame (newline included) to the server's stdin.
+
+        asyncio's pipe writer takes a whole frame synchronously (what the pipe
+        cannot take now is buffered), so frames never interleave: the drain is
+        only needed once the buffer grows. anyio's `send()` would also yield
+        to the event loop after every frame.
+        """
+        stdin = self.process.stdin
+        assert stdin is not None
+        writer = getattr(stdin, "_stream", None)
+        if writer is None or self.closed or writer.is_closing():
+            async with self._stdin_lock:
+                await stdin.send(frame)
+            return
+        try:
+            writer.write(frame)
+            if writer.transport.get_write_buffer_size() > _STDIN_HIGH_WATER:
+                async with self._stdin_lock:
+                    await writer.drain()
+        except (ConnectionResetError, BrokenPipeError, RuntimeError) as exc:
+            raise anyio.BrokenResourceError from exc
+
+    def _raw_response(self, line: bytes) -> bool:
+        """Hand a response to a raw call back as bytes; False if the line is not one."""
+        match = _LEAN_HEAD.match(line)
+        if match is not None:
+            call = self.raw_calls.pop(int(match.group(1)), None)
+            if call is None:
+                return False
+            call.answered(line, match.span(1), match.group(2) == b"error")
+            return True
+        start = _LEAN_TAIL_START.match(line)
+        if start is None:
+            return False
+        offset = max(len(line) - _TAIL_WINDOW, 0)
+        match = _LEAN_TAIL.search(line, offset)
+        if match is None:
+            return False
+        call = self.raw_calls.pop(int(match.group(1)), None)
+        if call is None:
+            return False
+        call.answered(line, match.span(1), start.group(1) == b"error")
+        return True
+
+    def _fail_raw_calls(self) -> None:
+        self.closed = True
+        calls, self.raw_calls = self.raw_calls, {}
+        for call in calls.values():
+            call.lost()
 
     # --- stdout: messages ----------------------------------------------------
 
@@ -183,12 +279,14 @@ class _StdioPipes:
                     if oversized:
                         item = self._oversized(head, bytes(tail), oversized)
                         oversized, head, tail = 0, b"", bytearray()
-                    elif len(buffer) == len(piece):  # the whole line came in this chunk
-                        item = self._parse(piece)
-                        buffer.clear()
                     else:
-                        item = self._parse(bytes(buffer))
+                        line = piece if len(buffer) == len(piece) else bytes(buffer)
                         buffer.clear()
+                        if self.raw_calls and self._raw_response(line):
+                            continue
+                        item = self._parse(line)
+                    if self.raw_calls and item is not None and self._raw_message(item):
+                        continue
                     if item is not None and delivering:
                         delivering = await self._deliver(item)
             if not self.shutting_down:
@@ -197,7 +295,19 @@ class _StdioPipes:
             pass  # our shutdown closed the pipe under the read
         finally:
             self.read_writer.close()  # EOF for the session: in-flight requests fail at once
+            self._fail_raw_calls()
             self.stdout_done.set()
+
+    def _raw_message(self, item: SessionMessage | Exception) -> bool:
+        """A raw call's response in a shape the byte matcher did not know (keys in another order)."""
+        message = getattr(item, "message", None)
+        if not isinstance(message, types.JSONRPCResponse | JSONRPCError) or not isinstance(message.id, int):
+            return False
+        call = self.raw_calls.pop(message.id, None)
+        if call is None:
+            return False
+        call.answered_message(message)
+        return True
 
     def _parse(self, line: bytes) -> SessionMessage | None:
         if not line.strip():
@@ -247,7 +357,8 @@ class _StdioPipes:
             async with self.write_reader:
                 async for message in self.write_reader:
                     data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
-                    await self.process.stdin.send(data.encode() + b"\n")
+                    async with self._stdin_lock:
+                        await self.process.stdin.send(data.encode() + b"\n")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError, OSError):
             # The server stopped reading: end the session rather than let requests hang.
             self.read_writer.close()

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+import anyio
 import httpx2
 from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
@@ -17,6 +18,46 @@ from manifold.upstream.stdio import open_stdio
 # Long-lived streams may stay quiet for a long time; request deadlines are ours.
 _STREAM_READ_TIMEOUT = 24 * 3600.0
 _SESSION_HEADER = "mcp-session-id"
+MAX_SSE_EVENT_BYTES = 32 * 1024 * 1024
+"""The largest event accepted on a streamable-HTTP reply stream (the SDK's default is far smaller)."""
+_DRAIN_SECONDS = 1.0
+
+
+class _DrainOnClose(httpx2.AsyncByteStream):
+    """A POST's response body that, closed early, first reads what is left of it.
+
+    The SDK's client closes an SSE reply as soon as the response event is in,
+    before the server's end of stream; httpx then drops the connection, and the
+    next request opens a new one. Read to its end (servers close the stream
+    right after the response), the connection goes back to the pool instead.
+    """
+
+    def __init__(self, inner: httpx2.AsyncByteStream) -> None:
+        self._inner = inner
+        self._parts: AsyncIterator[bytes] | None = None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        if self._parts is None:
+            self._parts = self._inner.__aiter__()
+        return self._parts
+
+    async def aclose(self) -> None:
+        try:
+            with anyio.move_on_after(_DRAIN_SECONDS):  # a server that keeps it open costs its connection
+                async for _ in self.__aiter__():
+                    pass
+        finally:
+            await self._inner.aclose()
+
+
+class _KeepAliveTransport(httpx2.AsyncHTTPTransport):
+    """httpx's pooled transport, with every POST's reply read to its end (see _DrainOnClose)."""
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        response = await super().handle_async_request(request)
+        if request.method == "POST" and isinstance(response.stream, httpx2.AsyncByteStream):
+            response.stream = _DrainOnClose(response.stream)
+        return response
 
 
 @asynccontextmanager
@@ -72,11 +113,13 @@ async def open_transport(
         async with httpx2.AsyncClient(
             headers=config.headers(),
             timeout=timeout,
-            limits=limits,
+            transport=_KeepAliveTransport(limits=limits),
             event_hooks={"response": [report.on_http_response, session_lost]},
         ) as client:
             try:
-                async with streamable_http_client(config.server_url, http_client=client) as streams:
+                async with streamable_http_client(
+                    config.server_url, http_client=client, max_sse_event_size=MAX_SSE_EVENT_BYTES
+                ) as streams:
                     holder.append(streams[0])
                     yield streams
             except Exception as exc:
