@@ -139,12 +139,27 @@ class GatewaySettings(BaseModel):
     )
     search_threshold_tokens: int = Field(20000, gt=0, description="Estimated tools/list tokens at which auto searches.")
     pinned: list[str] = Field(default_factory=list, description="Globs of exposed tool names always listed directly.")
+    search_ranker: Literal["lexical", "semantic", "hybrid"] = Field(
+        "lexical",
+        description="How search mode ranks tools: lexical (BM25, built in), semantic or hybrid (the `semantic` extra).",
+    )
     allow_stdio_api: bool = Field(
         True, description="Whether the management API may register stdio servers (commands run on this host)."
     )
     show_secrets: bool = Field(
         False, description="Show auth tokens, env values and header values unmasked in API responses."
     )
+
+    @field_validator("search_ranker")
+    @classmethod
+    def _check_ranker(cls, value: str) -> str:
+        if value != "lexical":
+            from manifold.search import ranker_available
+
+            problem = ranker_available(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @field_validator("separator")
     @classmethod
