@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -219,15 +220,19 @@ def main() -> None:
     if args.merge and args.out.exists():
         catalog = json.loads(args.out.read_text())
     chosen = [s for s in SERVERS if wanted is None or s.name in wanted]
-    with tempfile.TemporaryDirectory(prefix="manifold-dump-") as scratch, ThreadPoolExecutor(args.jobs) as pool:
-        for server, entry in zip(chosen, pool.map(lambda s: _dump(s, Path(scratch)), chosen), strict=True):
-            if entry is not None:
-                catalog["servers"][server.name] = entry
-    catalog["servers"] = {s.name: catalog["servers"][s.name] for s in SERVERS if s.name in catalog["servers"]}
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(catalog, indent=1, sort_keys=False) + "\n")
-    total = sum(len(s["tools"]) for s in catalog["servers"].values())
-    print(f"{len(catalog['servers'])} servers, {total} tools -> {args.out}", file=sys.stderr)
+    scratch = Path(tempfile.mkdtemp(prefix="manifold-dump-"))
+    try:
+        with ThreadPoolExecutor(args.jobs) as pool:
+            for server, entry in zip(chosen, pool.map(lambda s: _dump(s, scratch), chosen), strict=True):
+                if entry is not None:
+                    catalog["servers"][server.name] = entry
+        catalog["servers"] = {s.name: catalog["servers"][s.name] for s in SERVERS if s.name in catalog["servers"]}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(catalog, indent=1, sort_keys=False) + "\n")
+        total = sum(len(s["tools"]) for s in catalog["servers"].values())
+        print(f"{len(catalog['servers'])} servers, {total} tools -> {args.out}", file=sys.stderr)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)  # node_modules of every server: takes a while
 
 
 if __name__ == "__main__":
