@@ -40,14 +40,14 @@ SEP = "__"
 DEPTH = 50
 
 
-def load_catalog(path: Path = CATALOG) -> list[dict[str, Any]]:
+def load_catalog(path: Path | None = None) -> list[dict[str, Any]]:
     """The catalogue as the gateway exposes it: every tool renamed `server__tool`."""
-    servers = json.loads(path.read_text())["servers"]
+    servers = json.loads((path or CATALOG).read_text())["servers"]
     return [{**tool, "name": f"{name}{SEP}{tool['name']}"} for name, entry in servers.items() for tool in entry["tools"]]
 
 
-def load_tasks(path: Path = TASKS) -> list[dict[str, Any]]:
-    tasks = yaml.safe_load(path.read_text())["tasks"]
+def load_tasks(path: Path | None = None) -> list[dict[str, Any]]:
+    tasks = yaml.safe_load((path or TASKS).read_text())["tasks"]
     for task in tasks:
         task["tools"] = [task["tools"]] if isinstance(task["tools"], str) else list(task["tools"])
     return tasks
@@ -174,7 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"3. Lexical search latency over {lat['tools']} tools ({lat['queries']} queries)")
     print(f"index build {lat['build_s']:.2f}s   p50 {lat['p50_ms']:.2f} ms   p99 {lat['p99_ms']:.2f} ms")
 
-    lexical = report["quality"].get("lexical", {})
     print()
     print("4. Targets")
     checks = [
@@ -186,7 +185,6 @@ def main(argv: list[str] | None = None) -> int:
             checks.append((f"{ranker} recall@5 >= 0.9 (all tasks)", figures["all"]["recall@5"] >= 0.9))
     for label, ok in checks:
         print(f"{'PASS' if ok else 'MISS'}  {label}")
-    del lexical
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
     return 0
