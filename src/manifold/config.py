@@ -152,12 +152,27 @@ class GatewaySettings(BaseModel):
     idle_timeout: float = Field(
         300.0, gt=0, description="Seconds a lazy server may sit without requests before it is stopped."
     )
+    search_ranker: Literal["lexical", "semantic", "hybrid"] = Field(
+        "lexical",
+        description="How search mode ranks tools: lexical (BM25, built in), semantic or hybrid (the `semantic` extra).",
+    )
     allow_stdio_api: bool = Field(
         True, description="Whether the management API may register stdio servers (commands run on this host)."
     )
     show_secrets: bool = Field(
         False, description="Show auth tokens, env values and header values unmasked in API responses."
     )
+
+    @field_validator("search_ranker")
+    @classmethod
+    def _check_ranker(cls, value: str) -> str:
+        if value != "lexical":
+            from manifold.search import ranker_available
+
+            problem = ranker_available(value)
+            if problem is not None:
+                raise ValueError(problem)
+        return value
 
     @field_validator("separator")
     @classmethod
