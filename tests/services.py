@@ -139,7 +139,8 @@ pid {folder}/nginx.pid;
 error_log {folder}/error.log warn;
 events {{ worker_connections 1024; }}
 http {{
-    access_log off;
+    log_format routed '$request_method $uri $status $upstream_addr';
+    access_log {folder}/access.log routed;
     client_body_temp_path {folder}/body;
     proxy_temp_path {folder}/proxy;
     fastcgi_temp_path {folder}/fastcgi;
@@ -165,9 +166,21 @@ def nginx_config(folder: Path, port: int, backends: Sequence[str]) -> str:
     return NGINX_CONF.format(folder=folder, port=port, servers=servers, locations=locations)
 
 
+@dataclass
+class Proxy:
+    base: str
+    folder: Path
+
+    def routed(self) -> list[tuple[str, str, str, str]]:
+        """(method, path, status, upstream address) of every request nginx has passed on so far."""
+        log = self.folder / "access.log"
+        lines = log.read_text().splitlines() if log.exists() else []
+        return [tuple(line.split(" ", 3)) for line in lines if line.count(" ") >= 3]  # type: ignore[misc]
+
+
 @contextmanager
-def nginx_proxy(backends: Sequence[str]) -> Iterator[str]:
-    """nginx on a free loopback port, round-robin over `backends` (host:port); yields its base URL."""
+def nginx_proxy(backends: Sequence[str]) -> Iterator[Proxy]:
+    """nginx on a free loopback port, round-robin over `backends` (host:port)."""
     reason = nginx_missing()
     if reason is not None:
         pytest.skip(reason)
@@ -194,7 +207,7 @@ def nginx_proxy(backends: Sequence[str]) -> Iterator[str]:
                 return False
 
         wait_for(listening, timeout=30, what="nginx to listen")
-        yield f"http://127.0.0.1:{port}"
+        yield Proxy(f"http://127.0.0.1:{port}", folder)
     finally:
         stop_process(proc)  # SIGTERM: the master stops its workers, then exits
         shutil.rmtree(folder, ignore_errors=True)
