@@ -219,3 +219,13 @@ async def poll(check: Any, what: str, timeout: float = 15.0) -> None:
     with anyio.fail_after(timeout):
         while not await check():
             await anyio.sleep(0.02)
+
+
+async def test_a_stateless_client_works_through_any_replica(cluster: GatewayCluster) -> None:
+    """A 2026-07-28 client (no session at all) through round-robin nginx."""
+    from mcp import Client
+
+    async with Client(cluster.proxy.base + "/mcp", mode="2026-07-28") as modern:
+        assert "cfg__echo" in {t.name for t in (await modern.list_tools()).tools}
+        for i in range(6):
+            assert text_of(await modern.call_tool("cfg__echo", {"text": f"s{i}"})) == f"s{i}"
