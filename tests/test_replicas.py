@@ -23,11 +23,17 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from replicas import GatewayCluster, gateway_cluster
 from services import nginx_missing
-from support import FIXTURE, PYTHON, async_wait_for, start_http_upstream
+from support import FIXTURE, PYTHON, TESTS, async_wait_for, start_http_upstream
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
-CONFIG = {"mcp_servers": {"cfg": {"mcp_server_type": "stdio", "command": PYTHON, "args": [FIXTURE, "--name", "cfg"]}}}
+PROTO = str(TESTS / "upstreams" / "protocol_server.py")
+CONFIG = {
+    "mcp_servers": {
+        "cfg": {"mcp_server_type": "stdio", "command": PYTHON, "args": [FIXTURE, "--name", "cfg"]},
+        "proto": {"mcp_server_type": "stdio", "command": PYTHON, "args": [PROTO, "--name", "proto"]},
+    }
+}
 
 
 @pytest.fixture(scope="module")
@@ -45,11 +51,11 @@ def upstream() -> Iterator[str]:
 
 
 @asynccontextmanager
-async def mcp_session(url: str, on_message: Any = None) -> AsyncIterator[ClientSession]:
+async def mcp_session(url: str, on_message: Any = None, **callbacks: Any) -> AsyncIterator[ClientSession]:
     async with (
         httpx2.AsyncClient(timeout=30) as http,
         streamable_http_client(url + "/mcp", http_client=http) as (read, write),
-        ClientSession(read, write, message_handler=on_message) as session,
+        ClientSession(read, write, message_handler=on_message, **callbacks) as session,
     ):
         await session.initialize()
         yield session
@@ -229,3 +235,29 @@ async def test_a_stateless_client_works_through_any_replica(cluster: GatewayClus
         assert "cfg__echo" in {t.name for t in (await modern.list_tools()).tools}
         for i in range(6):
             assert text_of(await modern.call_tool("cfg__echo", {"text": f"s{i}"})) == f"s{i}"
+
+
+async def test_sampling_and_elicitation_answers_find_the_replica_that_asked(cluster: GatewayCluster) -> None:
+    """An upstream asks the client (sampling, elicitation) during a tool call; the client's answer is
+    a new POST that round-robin hands to any replica: it reaches the one waiting, every time."""
+    asked: list[str] = []
+
+    async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
+        prompt = params.messages[0].content
+        asked.append(prompt.text)
+        return types.CreateMessageResult(
+            role="assistant", content=types.TextContent(type="text", text=f"ada answers {prompt.text}"), model="t"
+        )
+
+    async def elicit(context: Any, params: types.ElicitRequestParams) -> types.ElicitResult:
+        return types.ElicitResult(action="accept", content={"name": "ada"})
+
+    before = len(cluster.proxy.routed())
+    async with mcp_session(cluster.proxy.base, sampling_callback=sampling, elicitation_callback=elicit) as session:
+        for i in range(6):
+            result = await session.call_tool("proto__ask_llm", {"prompt": f"q{i}"})
+            assert text_of(result) == f"proto:ada answers q{i}"
+        assert text_of(await session.call_tool("proto__ask_user", {"question": "who?"})) == "accept:ada"
+    assert asked == [f"q{i}" for i in range(6)]
+    posts = {addr for method, path, _, addr in cluster.proxy.routed()[before:] if (method, path) == ("POST", "/mcp")}
+    assert len(posts) == 3  # the answers really went round the replicas

@@ -19,7 +19,8 @@ Nothing here speaks HTTP: errors are exceptions the REST face maps to codes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -202,6 +203,7 @@ class Registry:
         self.create_wait = create_wait
         self.reconcile_interval = reconcile_interval
         self._stale = anyio.Event()  # set when another process changed the shared store
+        self._message_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._by_name: dict[str, str] = {}  # server name -> id, for servers this registry runs
         self._not_started: dict[str, tuple[str, str]] = {}  # id -> (state, reason)
         self._synced: dict[str, Any] = {}  # id -> the listing object last written to the store
@@ -316,7 +318,23 @@ class Registry:
                 log.warning("could not reconcile with the store", error=str(exc))
 
     def _on_store_event(self, payload: str | None) -> None:
+        if payload is not None and payload.startswith("{"):
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                return
+            for listener in list(self._message_listeners):
+                listener(message)
+            return
         self._stale.set()
+
+    def add_message_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Hear the messages other replicas publish on a shared store (e.g. relayed session traffic)."""
+        self._message_listeners.append(listener)
+
+    async def publish_message(self, message: dict[str, Any]) -> None:
+        """Send a JSON message to every replica on the shared store (this one included)."""
+        await self.store.notify(json.dumps(message, separators=(",", ":")))
 
     async def _publish(self, server_id: str) -> None:
         """Tell the other processes on the store that this server changed (best effort: they also poll)."""

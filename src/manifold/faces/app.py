@@ -80,6 +80,9 @@ def create_app(
     security = security_settings(host)
     tokens, shared_secret = SessionTokens.from_env()
     sessions = SharedSessionManager(app=face.server, security_settings=security, tokens=tokens)
+    if registry is not None and registry.store.shared:
+        sessions.relay = registry.publish_message
+        registry.add_message_listener(sessions.deliver)
     if registry is not None and registry.store.shared and not shared_secret:
         structlog.get_logger("manifold.http").warning(
             f"the store is shared but {SECRET_ENV} is not set: MCP sessions stay on this replica"

@@ -27,6 +27,7 @@ import secrets
 import uuid
 import zlib
 
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from typing import Any
 
@@ -38,8 +39,8 @@ from mcp.server.connection import Connection
 from mcp.server.runner import serve_connection
 from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
-from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher
-from mcp_types import InitializeRequestParams
+from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher, coerce_request_id
+from mcp_types import ErrorData, InitializeRequestParams
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
@@ -51,6 +52,9 @@ PREFIX = "m1"
 MAX_ID_LENGTH = 4096
 """Longer ids (huge client capabilities) are not minted: such a session stays on its replica."""
 _SIG_BYTES = 16
+RELAY_LIMIT = 7900
+"""Largest relayed answer in bytes (PostgreSQL's NOTIFY payload limit is 8000)."""
+_ID_SPACE = 2**52  # JSON-safe integers; a random base per session makes ids unique across replicas
 
 _minted: ContextVar[str | None] = ContextVar("manifold_minted_session_id", default=None)
 
@@ -152,6 +156,47 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         super().__init__(*args, **kwargs)
         self.tokens = tokens
         self.recovered = 0
+        self.relayed = 0
+        self.relay: Callable[[dict[str, Any]], Awaitable[None]] | None = None
+        self._dispatchers: dict[str, JSONRPCDispatcher[Any]] = {}
+
+    def deliver(self, message: dict[str, Any]) -> None:
+        """An answer another replica relayed: resolve it here if this replica sent the request."""
+        session_id, reply = message.get("reply"), message.get("m")
+        if not isinstance(session_id, str) or not isinstance(reply, dict):
+            return
+        dispatcher = self._dispatchers.get(session_id)
+        if dispatcher is None or not _waits_for(dispatcher, reply.get("id")):
+            return
+        if "result" in reply:
+            dispatcher._resolve_pending(reply["id"], reply["result"])  # noqa: SLF001
+        else:
+            try:
+                error = ErrorData.model_validate(reply.get("error"))
+            except ValidationError:
+                return
+            dispatcher._resolve_pending(reply["id"], error)  # noqa: SLF001
+
+    async def _relayed(self, session_id: str, body: bytes, send: Send) -> bool:
+        """Relay the client's answer to a request another replica sent; True if it was (202 sent)."""
+        if self.relay is None or len(body) > RELAY_LIMIT:
+            return False
+        try:
+            message = json.loads(body)
+        except ValueError:
+            return False
+        if not isinstance(message, dict) or "method" in message or "id" not in message:
+            return False
+        if not ("result" in message or "error" in message):
+            return False
+        dispatcher = self._dispatchers.get(session_id)
+        if dispatcher is not None and _waits_for(dispatcher, message["id"]):
+            return False  # ours: the SDK delivers it
+        await self.relay({"reply": session_id, "m": message})
+        self.relayed += 1
+        await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+        return True
 
     async def _handle_stateful_request(self, scope: Scope, receive: Receive, send: Send) -> None:
         session_id = _header(scope, MCP_SESSION_ID_HEADER)
@@ -169,7 +214,34 @@ class SharedSessionManager(StreamableHTTPSessionManager):
             state = self.tokens.read(session_id)
             if state is not None:
                 await self._recover(session_id, *state, requestor=_requestor(scope))
+        if session_id is not None and scope.get("method") == "POST" and session_id in self._server_instances:
+            body, receive = await _buffer_body(receive)
+            if await self._relayed(session_id, body, send):
+                return
         await super()._handle_stateful_request(scope, receive, send)
+
+    async def _serve_opening_request(
+        self, http_transport: StreamableHTTPServerTransport, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """As the SDK does, but the session runs on `_run_session` (its dispatcher known, its ids unique)."""
+        session_id = http_transport.mcp_session_id
+        assert session_id is not None and self._task_group is not None
+        established = False
+        try:
+            await self._task_group.start(self._run_session, session_id, http_transport, None)
+            status: int | None = None
+
+            async def watch(message: Message) -> None:
+                nonlocal status
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                await send(message)
+
+            await http_transport.handle_request(scope, receive, watch)
+            established = status is not None and status < 400
+        finally:
+            if not established:
+                await self._discard_session(session_id, http_transport)
 
     def _admit_session(self, requestor: Any) -> StreamableHTTPServerTransport | None:
         transport = super()._admit_session(requestor)
@@ -208,38 +280,56 @@ class SharedSessionManager(StreamableHTTPSessionManager):
             if requestor is not None:
                 self._session_owners[session_id] = requestor
         assert self._task_group is not None
-        await self._task_group.start(self._run_recovered, session_id, transport, version, params)
+        await self._task_group.start(self._run_session, session_id, transport, (version, params))
         self.recovered += 1
         log.info("session recovered from its id", session=session_id[:16], protocol_version=version)
 
-    async def _run_recovered(
+    async def _run_session(
         self,
         session_id: str,
         transport: StreamableHTTPServerTransport,
-        version: str,
-        params: InitializeRequestParams,
+        recovered: tuple[str, InitializeRequestParams] | None,
         *,
         task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
+        """One session's server loop: a new one (handshake to come) or a recovered one (already initialised)."""
         try:
             async with transport.connect() as (read_stream, write_stream):
                 dispatcher: JSONRPCDispatcher[Any] = JSONRPCDispatcher(
                     read_stream, write_stream, inline_methods=frozenset({"initialize"})
                 )
-                connection = Connection.for_loop(dispatcher, session_id=session_id, protocol_version_hint=version)
-                connection.client_params = params
-                connection.protocol_version = version
-                connection.initialized.set()
+                dispatcher._next_id = secrets.randbelow(_ID_SPACE)  # noqa: SLF001 - unique ids across replicas
+                self._dispatchers[session_id] = dispatcher
+                if recovered is None:
+                    connection = Connection.for_loop(dispatcher, session_id=session_id)
+                else:
+                    version, params = recovered
+                    connection = Connection.for_loop(
+                        dispatcher, session_id=session_id, protocol_version_hint=version
+                    )
+                    connection.client_params = params
+                    connection.protocol_version = version
+                    connection.initialized.set()
                 task_status.started()
                 idle_scope = transport.idle_scope or anyio.CancelScope()
                 with idle_scope:
                     await serve_connection(
                         self.app, dispatcher, connection=connection, lifespan_state=self._lifespan_state
                     )
+            if transport.idle_scope is not None and transport.idle_scope.cancelled_caught:
+                log.info("session idle timeout", session=session_id[:16])
         except Exception:  # noqa: BLE001 - one session's crash is logged, never the manager's
-            log.exception("recovered session crashed", session=session_id[:16])
+            log.exception("session crashed", session=session_id[:16])
         finally:
+            self._dispatchers.pop(session_id, None)
             await self._discard_session(session_id, transport)
+
+
+def _waits_for(dispatcher: JSONRPCDispatcher[Any], request_id: Any) -> bool:
+    try:
+        return coerce_request_id(request_id) in dispatcher._pending  # noqa: SLF001
+    except (TypeError, ValueError):
+        return False
 
 
 def _wire_params(params: dict[str, Any]) -> dict[str, Any]:
