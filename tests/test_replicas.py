@@ -9,6 +9,7 @@ MCP SDK's own client and plain HTTP for the management API.
 from __future__ import annotations
 
 import signal
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -32,6 +33,7 @@ CONFIG = {
     "mcp_servers": {
         "cfg": {"mcp_server_type": "stdio", "command": PYTHON, "args": [FIXTURE, "--name", "cfg"]},
         "proto": {"mcp_server_type": "stdio", "command": PYTHON, "args": [PROTO, "--name", "proto"]},
+        "watch": {"mcp_server_type": "stdio", "command": PYTHON, "args": [str(TESTS / "upstreams" / "watch_server.py")]},
     }
 }
 
@@ -261,3 +263,29 @@ async def test_sampling_and_elicitation_answers_find_the_replica_that_asked(clus
     assert asked == [f"q{i}" for i in range(6)]
     posts = {addr for method, path, _, addr in cluster.proxy.routed()[before:] if (method, path) == ("POST", "/mcp")}
     assert len(posts) == 3  # the answers really went round the replicas
+
+
+async def test_a_resource_update_reaches_the_subscribed_client_on_whichever_replica_holds_its_stream(
+    cluster: GatewayCluster,
+) -> None:
+    """subscribe lands on one replica, the client's GET stream sits on another, and the upstream's
+    resources/updated (sent on its own, not with a call's answer) still reaches the client."""
+    updates: list[str] = []
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ResourceUpdatedNotification):
+            updates.append(str(message.params.uri))
+
+    async with mcp_session(cluster.proxy.base, on_message) as session:
+        async def listed() -> bool:
+            return any(str(r.uri) == "watch://doc" for r in (await session.list_resources()).resources)
+
+        await poll(listed, "the watched resource (its server may still be starting)")
+        uri = "watch://doc"
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # subscribe is deprecated in 2026-07-28 only
+            await session.subscribe_resource(uri)
+        for i in range(1, 7):  # touch lands on each replica in turn; only the subscribed one notifies
+            assert text_of(await session.call_tool("watch__touch", {})).startswith("v")
+        await async_wait_for(lambda: len(updates) >= 2, what="resource updates through another replica")
+        assert set(updates) == {uri}

@@ -37,10 +37,11 @@ from anyio.abc import TaskStatus
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.runner import serve_connection
-from mcp.server.streamable_http import MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
+from mcp.server.streamable_http import GET_STREAM_KEY, MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher, coerce_request_id
-from mcp_types import ErrorData, InitializeRequestParams
+from mcp.shared.message import SessionMessage
+from mcp_types import ErrorData, InitializeRequestParams, JSONRPCNotification
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
 from starlette.types import Message, Receive, Scope, Send
@@ -54,6 +55,8 @@ MAX_ID_LENGTH = 4096
 _SIG_BYTES = 16
 RELAY_LIMIT = 7900
 """Largest relayed answer in bytes (PostgreSQL's NOTIFY payload limit is 8000)."""
+RELAYED_NOTIFICATIONS = frozenset({"notifications/resources/updated"})
+"""Session notifications with no request to ride on, sent by the replica that holds the subscription."""
 _ID_SPACE = 2**52  # JSON-safe integers; a random base per session makes ids unique across replicas
 
 _minted: ContextVar[str | None] = ContextVar("manifold_minted_session_id", default=None)
@@ -159,9 +162,18 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         self.relayed = 0
         self.relay: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self._dispatchers: dict[str, JSONRPCDispatcher[Any]] = {}
+        self._writers: dict[str, Any] = {}
+
+    def _has_stream(self, session_id: str) -> bool:
+        transport = self._server_instances.get(session_id)
+        return transport is not None and GET_STREAM_KEY in transport._request_streams  # noqa: SLF001
 
     def deliver(self, message: dict[str, Any]) -> None:
-        """An answer another replica relayed: resolve it here if this replica sent the request."""
+        """Session traffic another replica relayed: an answer to a request sent here, or a
+        notification for a session whose GET stream is here."""
+        if "notify" in message:
+            self._deliver_notification(message)
+            return
         session_id, reply = message.get("reply"), message.get("m")
         if not isinstance(session_id, str) or not isinstance(reply, dict):
             return
@@ -176,6 +188,34 @@ class SharedSessionManager(StreamableHTTPSessionManager):
             except ValidationError:
                 return
             dispatcher._resolve_pending(reply["id"], error)  # noqa: SLF001
+
+    def _deliver_notification(self, message: dict[str, Any]) -> None:
+        session_id = message.get("notify")
+        if not isinstance(session_id, str) or not self._has_stream(session_id):
+            return
+        writer = self._writers.get(session_id)
+        try:
+            notification = JSONRPCNotification.model_validate(message.get("m"))
+        except ValidationError:
+            return
+        if writer is not None and self._task_group is not None and notification.method in RELAYED_NOTIFICATIONS:
+            self._task_group.start_soon(_send_quietly, writer, SessionMessage(notification))
+
+    async def _outgoing(self, session_id: str, writer: Any, item: SessionMessage) -> None:
+        """Every message a session sends: a stray session notification goes to the replica with the stream."""
+        message = item.message
+        if (
+            isinstance(message, JSONRPCNotification)
+            and message.method in RELAYED_NOTIFICATIONS
+            and getattr(item.metadata, "related_request_id", None) is None
+            and self.relay is not None
+            and not self._has_stream(session_id)
+        ):
+            dumped = message.model_dump(mode="json", by_alias=True, exclude_none=True)
+            if len(json.dumps(dumped)) <= RELAY_LIMIT:
+                await self.relay({"notify": session_id, "m": dumped})
+                return
+        await writer.send(item)
 
     async def _relayed(self, session_id: str, body: bytes, send: Send) -> bool:
         """Relay the client's answer to a request another replica sent; True if it was (202 sent)."""
@@ -295,8 +335,10 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         """One session's server loop: a new one (handshake to come) or a recovered one (already initialised)."""
         try:
             async with transport.connect() as (read_stream, write_stream):
+                self._writers[session_id] = write_stream
+                outgoing = _Outgoing(write_stream, lambda item: self._outgoing(session_id, write_stream, item))
                 dispatcher: JSONRPCDispatcher[Any] = JSONRPCDispatcher(
-                    read_stream, write_stream, inline_methods=frozenset({"initialize"})
+                    read_stream, outgoing, inline_methods=frozenset({"initialize"})
                 )
                 dispatcher._next_id = secrets.randbelow(_ID_SPACE)  # noqa: SLF001 - unique ids across replicas
                 self._dispatchers[session_id] = dispatcher
@@ -322,7 +364,33 @@ class SharedSessionManager(StreamableHTTPSessionManager):
             log.exception("session crashed", session=session_id[:16])
         finally:
             self._dispatchers.pop(session_id, None)
+            self._writers.pop(session_id, None)
             await self._discard_session(session_id, transport)
+
+
+class _Outgoing:
+    """A session's write stream whose `send` goes through the manager first."""
+
+    def __init__(self, inner: Any, send: Callable[[SessionMessage], Awaitable[None]]) -> None:
+        self._inner = inner
+        self.send = send
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def __aenter__(self) -> _Outgoing:
+        await self._inner.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        return await self._inner.__aexit__(*exc)
+
+
+async def _send_quietly(writer: Any, item: SessionMessage) -> None:
+    try:
+        await writer.send(item)
+    except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+        pass
 
 
 def _waits_for(dispatcher: JSONRPCDispatcher[Any], request_id: Any) -> bool:
