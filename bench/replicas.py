@@ -6,7 +6,8 @@ Needs PostgreSQL and nginx installed (as `.ci/run` does); starts a throwaway clu
 `manifold serve` replicas and nginx on loopback (tests/replicas.py), and stops them all. Measures:
 
 1. propagation: a server created through replica A's API (from the moment the API answers) until
-   it is listed and callable on B and C, over `--rounds` creates (median and max);
+   it is listed and callable on B and C, and deleted on A until it is gone from B and C, over
+   `--rounds` rounds (median and max; each round starts once the previous one is settled);
 2. load: `--clients` MCP sessions through nginx, `--calls` sequential echo calls each; calls
    answered, lost (an error or a wrong answer), and calls/s over the whole run.
 """
@@ -31,9 +32,9 @@ from support import start_http_upstream  # noqa: E402
 from test_replicas import CONFIG, mcp_session, text_of, tool_names  # noqa: E402
 
 
-async def propagation(cluster, upstream: str, rounds: int) -> list[float]:  # type: ignore[no-untyped-def]
+async def propagation(cluster, upstream: str, rounds: int) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
     a, b, c = cluster.replicas
-    delays = []
+    delays, deletes = [], []
     async with mcp_session(b.base) as on_b, mcp_session(c.base) as on_c, httpx.AsyncClient(
         headers=cluster.headers, timeout=30
     ) as api:
@@ -50,8 +51,15 @@ async def propagation(cluster, upstream: str, rounds: int) -> list[float]:  # ty
                         if text_of(await session.call_tool(f"{name}__whoami", {})) == "remote":
                             del pending[key]
             delays.append(time.perf_counter() - start)
-            await api.delete(f"{a.base}/v1/mcp-servers/{created.json()['id']}")
-    return delays
+            (await api.delete(f"{a.base}/v1/mcp-servers/{created.json()['id']}")).raise_for_status()
+            start = time.perf_counter()
+            pending = {"b": on_b, "c": on_c}
+            while pending:
+                for key, session in list(pending.items()):
+                    if f"{name}__whoami" not in await tool_names(session):
+                        del pending[key]
+            deletes.append(time.perf_counter() - start)
+    return delays, deletes
 
 
 async def load(cluster, clients: int, calls: int) -> tuple[int, int, float]:  # type: ignore[no-untyped-def]
@@ -87,11 +95,12 @@ def main() -> None:
         start_http_upstream("--name", "remote") as upstream,
         gateway_cluster(pg.create_database(), CONFIG, Path(tmp)) as cluster,
     ):
-        delays = anyio.run(propagation, cluster, upstream + "/mcp", args.rounds)
-        print(
-            f"propagation A -> B and C (listed and callable), {args.rounds} creates: "
-            f"median {statistics.median(delays) * 1000:.0f} ms, max {max(delays) * 1000:.0f} ms"
-        )
+        delays, deletes = anyio.run(propagation, cluster, upstream + "/mcp", args.rounds)
+        for what, values in (("create (listed and callable)", delays), ("delete (gone)", deletes)):
+            print(
+                f"propagation A -> B and C, {what}, {args.rounds} rounds: "
+                f"median {statistics.median(values) * 1000:.0f} ms, max {max(values) * 1000:.0f} ms"
+            )
         answered, lost, seconds = anyio.run(load, cluster, args.clients, args.calls)
         total = args.clients * args.calls
         print(

@@ -150,6 +150,10 @@ http {{
 {servers}
         keepalive 64;
     }}
+    upstream manifold_sse {{
+        ip_hash;
+{servers}
+    }}
     server {{
         listen 127.0.0.1:{port};
 {locations}

@@ -165,6 +165,13 @@ async def test_a_forged_or_unknown_session_id_is_refused_everywhere(cluster: Gat
                 assert answer.status_code == 404, (bad, answer.text)
             ok = await http.post(replica.base + "/mcp", headers={"Mcp-Session-Id": genuine}, json=call)
             assert ok.status_code == 200 and "cfg__echo" in ok.text
+            # An answer-shaped body (what gets relayed to other replicas) from a foreign Host is
+            # refused like any request from there, never relayed.
+            reply = {"jsonrpc": "2.0", "id": 123456789, "result": {}}
+            rebound = await http.post(
+                replica.base + "/mcp", headers={"Mcp-Session-Id": genuine, "Host": "evil.example"}, json=reply
+            )
+            assert rebound.status_code in (400, 403, 421), rebound.status_code
 
 
 async def test_sixteen_clients_through_nginx_lose_nothing(cluster: GatewayCluster) -> None:
@@ -289,3 +296,14 @@ async def test_a_resource_update_reaches_the_subscribed_client_on_whichever_repl
             assert text_of(await session.call_tool("watch__touch", {})).startswith("v")
         await async_wait_for(lambda: len(updates) >= 2, what="resource updates through another replica")
         assert set(updates) == {uri}
+
+
+async def test_a_legacy_sse_client_works_through_nginx(cluster: GatewayCluster) -> None:
+    """The legacy SSE transport keeps its session in one replica's memory: the shipped nginx
+    locations pin /sse and /messages/ by client address, so its POSTs find their stream."""
+    from mcp.client.sse import sse_client
+
+    async with sse_client(cluster.proxy.base + "/sse") as (read, write), ClientSession(read, write) as session:
+        await session.initialize()
+        for i in range(6):
+            assert text_of(await session.call_tool("cfg__echo", {"text": f"e{i}"})) == f"e{i}"

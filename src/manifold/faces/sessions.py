@@ -39,11 +39,13 @@ from mcp.server.connection import Connection
 from mcp.server.runner import serve_connection
 from mcp.server.streamable_http import GET_STREAM_KEY, MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
+from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher, coerce_request_id
 from mcp.shared.message import SessionMessage
 from mcp_types import ErrorData, InitializeRequestParams, JSONRPCNotification
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
 from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 log = structlog.get_logger("manifold.sessions")
@@ -163,6 +165,7 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         self.relay: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self._dispatchers: dict[str, JSONRPCDispatcher[Any]] = {}
         self._writers: dict[str, Any] = {}
+        self._security = TransportSecurityMiddleware(self.security_settings)
 
     def _has_stream(self, session_id: str) -> bool:
         transport = self._server_instances.get(session_id)
@@ -217,9 +220,17 @@ class SharedSessionManager(StreamableHTTPSessionManager):
                 return
         await writer.send(item)
 
-    async def _relayed(self, session_id: str, body: bytes, send: Send) -> bool:
-        """Relay the client's answer to a request another replica sent; True if it was (202 sent)."""
+    async def _relayed(self, session_id: str, scope: Scope, body: bytes, send: Send) -> bool:
+        """Relay the client's answer to a request another replica sent; True if it was (202 sent).
+
+        Only for a request the SDK itself would accept: the session's own credential, and the
+        transport's Host/Origin checks passed (anything else takes the SDK's path and its error).
+        """
         if self.relay is None or len(body) > RELAY_LIMIT:
+            return False
+        if _requestor(scope) != self._session_owners.get(session_id):
+            return False
+        if await self._security.validate_request(Request(scope), is_post=True) is not None:
             return False
         try:
             message = json.loads(body)
@@ -256,7 +267,7 @@ class SharedSessionManager(StreamableHTTPSessionManager):
                 await self._recover(session_id, *state, requestor=_requestor(scope))
         if session_id is not None and scope.get("method") == "POST" and session_id in self._server_instances:
             body, receive = await _buffer_body(receive)
-            if await self._relayed(session_id, body, send):
+            if await self._relayed(session_id, scope, body, send):
                 return
         await super()._handle_stateful_request(scope, receive, send)
 
