@@ -62,6 +62,9 @@ async def propagation(cluster, upstream: str, rounds: int) -> tuple[list[float],
     return delays, deletes
 
 
+FAILURES: list[str] = []
+
+
 async def load(cluster, clients: int, calls: int) -> tuple[int, int, float]:  # type: ignore[no-untyped-def]
     answered = lost = 0
 
@@ -71,7 +74,8 @@ async def load(cluster, clients: int, calls: int) -> tuple[int, int, float]:  # 
             for n in range(calls):
                 try:
                     ok = text_of(await session.call_tool("cfg__echo", {"text": f"c{i}-{n}"})) == f"c{i}-{n}"
-                except Exception:  # noqa: BLE001 - counted
+                except Exception as exc:  # noqa: BLE001 - counted
+                    FAILURES.append(f"client {i} call {n}: {type(exc).__name__}: {exc}")
                     ok = False
                 answered += ok
                 lost += not ok
@@ -110,6 +114,12 @@ def main() -> None:
         routed = [r for r in cluster.proxy.routed() if r[0] == "POST" and r[1] == "/mcp"]
         spread = {addr: sum(1 for r in routed if r[3] == addr) for addr in {r[3] for r in routed}}
         print(f"POST /mcp per replica: {sorted(spread.values())}")
+        odd = [r for r in routed if r[2] not in ("200", "202")]
+        for line in [*FAILURES[:5], *[" ".join(r) for r in odd[:5]]]:
+            print(f"  failure: {line}")
+        errors = (cluster.proxy.folder / "error.log")
+        for line in (errors.read_text().splitlines() if errors.exists() else [])[-5:]:
+            print(f"  nginx: {line}")
 
 
 if __name__ == "__main__":

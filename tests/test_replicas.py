@@ -307,3 +307,29 @@ async def test_a_legacy_sse_client_works_through_nginx(cluster: GatewayCluster) 
         await session.initialize()
         for i in range(6):
             assert text_of(await session.call_tool("cfg__echo", {"text": f"e{i}"})) == f"e{i}"
+
+
+async def test_concurrent_first_requests_for_a_session_on_another_replica(cluster: GatewayCluster) -> None:
+    """A client's first requests after initialize come together (initialized, its GET stream, a
+    call); on a replica that has not seen the session yet they all get served, none trips over
+    the session being brought back."""
+    headers = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    a, b, c = cluster.replicas
+    async with httpx.AsyncClient(timeout=30, headers=headers) as http:
+        for target in (b, c):
+            init = await http.post(a.base + "/mcp", json={"jsonrpc": "2.0", "id": 0, "method": "initialize",
+                "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+            session = {"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-06-18"}
+            statuses: list[int] = []
+
+            async def call(n: int) -> None:
+                body = {"jsonrpc": "2.0", "id": n + 1, "method": "tools/call",
+                        "params": {"name": "cfg__echo", "arguments": {"text": f"x{n}"}}}
+                answer = await http.post(target.base + "/mcp", headers=session, json=body)
+                statuses.append(answer.status_code)
+                assert f"x{n}" in answer.text
+
+            async with anyio.create_task_group() as tg:
+                for n in range(12):
+                    tg.start_soon(call, n)
+            assert statuses == [200] * 12

@@ -327,11 +327,13 @@ class SharedSessionManager(StreamableHTTPSessionManager):
                 retry_interval=self.retry_interval,
                 idle_timeout=self.session_idle_timeout,
             )
+            # Registered only once its loop runs: a concurrent request for the same id waits on
+            # the lock above instead of meeting a transport that is not connected yet.
+            assert self._task_group is not None
+            await self._task_group.start(self._run_session, session_id, transport, (version, params))
             self._server_instances[session_id] = transport
             if requestor is not None:
                 self._session_owners[session_id] = requestor
-        assert self._task_group is not None
-        await self._task_group.start(self._run_session, session_id, transport, (version, params))
         self.recovered += 1
         log.info("session recovered from its id", session=session_id[:16], protocol_version=version)
 
