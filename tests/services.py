@@ -149,6 +149,7 @@ http {{
     upstream manifold {{
 {servers}
         keepalive 64;
+        keepalive_timeout 4s;
     }}
     upstream manifold_sse {{
         ip_hash;
