@@ -26,10 +26,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
-from replicas import gateway_cluster  # noqa: E402
-from services import postgres_cluster  # noqa: E402
-from support import start_http_upstream  # noqa: E402
-from test_replicas import CONFIG, mcp_session, text_of, tool_names  # noqa: E402
+from replicas import gateway_cluster
+from services import postgres_cluster
+from support import start_http_upstream
+from test_replicas import CONFIG, mcp_session, text_of, tool_names
 
 
 async def propagation(cluster, upstream: str, rounds: int) -> tuple[list[float], list[float]]:  # type: ignore[no-untyped-def]
@@ -47,9 +47,9 @@ async def propagation(cluster, upstream: str, rounds: int) -> tuple[list[float],
             pending = {"b": on_b, "c": on_c}
             while pending:
                 for key, session in list(pending.items()):
-                    if f"{name}__whoami" in await tool_names(session):
-                        if text_of(await session.call_tool(f"{name}__whoami", {})) == "remote":
-                            del pending[key]
+                    listed = f"{name}__whoami" in await tool_names(session)
+                    if listed and text_of(await session.call_tool(f"{name}__whoami", {})) == "remote":
+                        del pending[key]
             delays.append(time.perf_counter() - start)
             (await api.delete(f"{a.base}/v1/mcp-servers/{created.json()['id']}")).raise_for_status()
             start = time.perf_counter()

@@ -114,6 +114,10 @@ async def test_a_change_on_one_replica_is_live_on_every_replica(cluster: Gateway
 
         seen = [await ids_on(r.base) for r in cluster.replicas]
         assert seen[0][0] == server_id and seen[0][1] and all(s == seen[0] for s in seen)
+        # Config-file servers too: recorded by name, one id whichever replica recorded it first.
+        listings = [{s["server_name"]: s["id"] for s in (await api.get(r.base + "/v1/mcp-servers/")).json()}
+                    for r in cluster.replicas]
+        assert {"cfg", "proto", "watch", "live"} <= set(listings[0]) and all(x == listings[0] for x in listings)
 
         # A rename on B and a delete on C reach every replica too.
         renamed = await api.patch(f"{b.base}/v1/mcp-servers/{server_id}", json={"server_name": "moved", "config": {}})
@@ -322,7 +326,7 @@ async def test_concurrent_first_requests_for_a_session_on_another_replica(cluste
             session = {"Mcp-Session-Id": init.headers["mcp-session-id"], "MCP-Protocol-Version": "2025-06-18"}
             statuses: list[int] = []
 
-            async def call(n: int) -> None:
+            async def call(n: int, target: Any = target, session: Any = session, statuses: Any = statuses) -> None:
                 body = {"jsonrpc": "2.0", "id": n + 1, "method": "tools/call",
                         "params": {"name": "cfg__echo", "arguments": {"text": f"x{n}"}}}
                 answer = await http.post(target.base + "/mcp", headers=session, json=body)

@@ -325,7 +325,7 @@ class Store:
                     def deliver(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
                         on_event(payload)
 
-                    raw.add_termination_listener(lambda _conn: lost.set())
+                    raw.add_termination_listener(lambda _conn, lost=lost: lost.set())
                     await raw.add_listener(CHANNEL, deliver)
                     on_event(None)
                     try:

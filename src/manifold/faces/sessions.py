@@ -26,10 +26,9 @@ import os
 import secrets
 import uuid
 import zlib
-
 from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, Self
 
 import anyio
 import structlog
@@ -169,7 +168,7 @@ class SharedSessionManager(StreamableHTTPSessionManager):
 
     def _has_stream(self, session_id: str) -> bool:
         transport = self._server_instances.get(session_id)
-        return transport is not None and GET_STREAM_KEY in transport._request_streams  # noqa: SLF001
+        return transport is not None and GET_STREAM_KEY in transport._request_streams
 
     def deliver(self, message: dict[str, Any]) -> None:
         """Session traffic another replica relayed: an answer to a request sent here, or a
@@ -184,13 +183,13 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         if dispatcher is None or not _waits_for(dispatcher, reply.get("id")):
             return
         if "result" in reply:
-            dispatcher._resolve_pending(reply["id"], reply["result"])  # noqa: SLF001
+            dispatcher._resolve_pending(reply["id"], reply["result"])
         else:
             try:
                 error = ErrorData.model_validate(reply.get("error"))
             except ValidationError:
                 return
-            dispatcher._resolve_pending(reply["id"], error)  # noqa: SLF001
+            dispatcher._resolve_pending(reply["id"], error)
 
     def _deliver_notification(self, message: dict[str, Any]) -> None:
         session_id = message.get("notify")
@@ -353,7 +352,7 @@ class SharedSessionManager(StreamableHTTPSessionManager):
                 dispatcher: JSONRPCDispatcher[Any] = JSONRPCDispatcher(
                     read_stream, outgoing, inline_methods=frozenset({"initialize"})
                 )
-                dispatcher._next_id = secrets.randbelow(_ID_SPACE)  # noqa: SLF001 - unique ids across replicas
+                dispatcher._next_id = secrets.randbelow(_ID_SPACE)
                 self._dispatchers[session_id] = dispatcher
                 if recovered is None:
                     connection = Connection.for_loop(dispatcher, session_id=session_id)
@@ -373,7 +372,7 @@ class SharedSessionManager(StreamableHTTPSessionManager):
                     )
             if transport.idle_scope is not None and transport.idle_scope.cancelled_caught:
                 log.info("session idle timeout", session=session_id[:16])
-        except Exception:  # noqa: BLE001 - one session's crash is logged, never the manager's
+        except Exception:
             log.exception("session crashed", session=session_id[:16])
         finally:
             self._dispatchers.pop(session_id, None)
@@ -391,11 +390,11 @@ class _Outgoing:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
 
-    async def __aenter__(self) -> _Outgoing:
+    async def __aenter__(self) -> Self:
         await self._inner.__aenter__()
         return self
 
-    async def __aexit__(self, *exc: Any) -> Any:
+    async def __aexit__(self, *exc: object) -> Any:
         return await self._inner.__aexit__(*exc)
 
 
@@ -408,7 +407,7 @@ async def _send_quietly(writer: Any, item: SessionMessage) -> None:
 
 def _waits_for(dispatcher: JSONRPCDispatcher[Any], request_id: Any) -> bool:
     try:
-        return coerce_request_id(request_id) in dispatcher._pending  # noqa: SLF001
+        return coerce_request_id(request_id) in dispatcher._pending
     except (TypeError, ValueError):
         return False
 
