@@ -337,3 +337,19 @@ async def test_concurrent_first_requests_for_a_session_on_another_replica(cluste
                 for n in range(12):
                     tg.start_soon(call, n)
             assert statuses == [200] * 12
+
+
+async def test_a_change_that_was_never_announced_is_caught_up_by_the_periodic_reconcile(
+    cluster: GatewayCluster, upstream: str
+) -> None:
+    """The safety net under LISTEN/NOTIFY: a server written to the store with no event (as if the
+    event were lost) still goes live on every replica, and goes away again, by the periodic check."""
+    from manifold.store import Store
+
+    config = {"mcp_server_type": "streamable_http", "server_url": upstream}
+    async with Store(cluster.db).open() as store, mcp_session(cluster.replicas[2].base) as on_c:
+        record = await store.create_server("quiet", config)  # no NOTIFY: only the reconcile sees it
+        await poll(lambda: _has(on_c, "quiet__whoami", "nothing"), "the unannounced server", timeout=30)
+        assert text_of(await on_c.call_tool("quiet__whoami", {})) == "remote"
+        await store.delete_server(record.id)
+        await poll(lambda: _gone(on_c, "quiet__whoami"), "the unannounced delete", timeout=30)
