@@ -135,10 +135,12 @@ def upstream() -> Iterator[str]:
         yield url
 
 
-@pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator[Gateway]:
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def gateway(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, upstream: str) -> Iterator[Gateway]:
+    """The gateway under test, on each store: a SQLite file, then PostgreSQL (skipped without it)."""
     tmp = tmp_path_factory.mktemp("api")
-    with run_gateway(tmp, {"mcp_servers": {"cfgsrv": http_config(upstream)}}) as gw:
+    db = request.getfixturevalue("pg_cluster").create_database() if request.param == "postgresql" else None
+    with run_gateway(tmp, {"mcp_servers": {"cfgsrv": http_config(upstream)}}, db=db) as gw:
         yield gw
 
 
@@ -484,9 +486,9 @@ async def poll(check: Callable[[], Awaitable[bool]], what: str, timeout: float =
         await anyio.sleep(0.05)
 
 
-def test_restart_keeps_servers_and_ids(tmp_path: Path, upstream: str) -> None:
+def test_restart_keeps_servers_and_ids(tmp_path: Path, upstream: str, db_url: str) -> None:
     config = {"mcp_servers": {"filed": http_config(upstream)}}
-    with run_gateway(tmp_path, config) as gw, gw.letta() as client:
+    with run_gateway(tmp_path, config, db=db_url) as gw, gw.letta() as client:
         created = client.mcp_servers.create(server_name="kept", config=http_config(upstream))
         other = client.mcp_servers.create(server_name="kept-2", config=http_config(upstream, timeout=7))
         before = {s.server_name: s.id for s in client.mcp_servers.list()}

@@ -1,10 +1,13 @@
-"""The store on a real SQLite file: ids, uniqueness, persistence, concurrent writers."""
+"""The store on a real SQLite file and on PostgreSQL: ids, uniqueness, persistence, concurrent writers."""
 
+import contextlib
 import re
 from pathlib import Path
 
 import anyio
 import pytest
+
+from support import async_wait_for
 
 from manifold.store import NameTaken, NotFound, Stale, Store, tool_json_schema
 
@@ -25,12 +28,12 @@ def tool(name: str, description: str = "d", schema: dict | None = None) -> dict:
     }
 
 
-def url(tmp_path: Path) -> str:
-    return f"sqlite+aiosqlite:///{tmp_path / 'sub' / 'manifold.db'}"
+def sqlite_file(url: str) -> Path | None:
+    return Path(url.split("///", 1)[1]) if url.startswith("sqlite") else None
 
 
-async def test_ids_and_crud(tmp_path: Path) -> None:
-    async with Store(url(tmp_path)).open() as store:
+async def test_ids_and_crud(db_url: str) -> None:
+    async with Store(db_url).open() as store:
         a = await store.create_server("alpha", STDIO)
         assert SERVER_ID.match(a.id)
         assert a.source == "api" and a.config == STDIO  # secrets stored as given
@@ -51,11 +54,12 @@ async def test_ids_and_crud(tmp_path: Path) -> None:
         assert deleted is not None and deleted.server_name == "alpha"
         assert await store.delete_server(a.id) is None
         assert [s.server_name for s in await store.list_servers()] == ["gamma"]
-    assert (tmp_path / "sub" / "manifold.db").exists()  # parent directory created
+    path = sqlite_file(db_url)
+    assert path is None or path.exists()  # parent directory created
 
 
-async def test_names_are_unique_and_rename_never_deletes(tmp_path: Path) -> None:
-    async with Store(url(tmp_path)).open() as store:
+async def test_names_are_unique_and_rename_never_deletes(db_url: str) -> None:
+    async with Store(db_url).open() as store:
         a = await store.create_server("alpha", STDIO)
         b = await store.create_server("beta", HTTP)
         with pytest.raises(NameTaken) as info:
@@ -68,8 +72,8 @@ async def test_names_are_unique_and_rename_never_deletes(tmp_path: Path) -> None
         assert servers["alpha"].config == STDIO and servers["beta"].config == HTTP
 
 
-async def test_tool_sync_keeps_ids_and_reports_diff(tmp_path: Path) -> None:
-    async with Store(url(tmp_path)).open() as store:
+async def test_tool_sync_keeps_ids_and_reports_diff(db_url: str) -> None:
+    async with Store(db_url).open() as store:
         server = await store.create_server("alpha", STDIO)
         diff = await store.sync_tools(server.id, [tool("a"), tool("b"), tool("c"), tool("a", "duplicate")])
         assert diff.as_dict() == {"deleted": [], "updated": [], "added": ["a", "b", "c"]}
@@ -100,14 +104,14 @@ async def test_tool_sync_keeps_ids_and_reports_diff(tmp_path: Path) -> None:
             await store.sync_tools(server.id, [tool("a")])
 
 
-async def test_everything_survives_reopen(tmp_path: Path) -> None:
-    async with Store(url(tmp_path)).open() as store:
+async def test_everything_survives_reopen(db_url: str) -> None:
+    async with Store(db_url).open() as store:
         server = await store.create_server("alpha", STDIO)
         await store.sync_tools(server.id, [tool(f"t{i}") for i in range(300)])
         tool_ids = {t.name: t.id for t in await store.list_tools(server.id)}
         config_row, before = await store.upsert_config_server("fromfile", HTTP)
         assert before is None and config_row.source == "config"
-    async with Store(url(tmp_path)).open() as store:
+    async with Store(db_url).open() as store:
         again = await store.get_server(server.id)
         assert again is not None and again.config == STDIO
         assert {t.name: t.id for t in await store.list_tools(server.id)} == tool_ids
@@ -118,9 +122,9 @@ async def test_everything_survives_reopen(tmp_path: Path) -> None:
         assert taken.id == server.id and before == "api" and taken.source == "config"
 
 
-async def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
+async def test_concurrent_writers_lose_nothing(db_url: str) -> None:
     """Many tasks (each on its own connection) racing for names: one winner per name, no lost row."""
-    async with Store(url(tmp_path)).open() as store:
+    async with Store(db_url).open() as store:
         outcomes: list[str] = []
 
         async def create(name: str) -> None:
@@ -163,9 +167,9 @@ async def test_concurrent_writers_lose_nothing(tmp_path: Path) -> None:
         assert len(names) == len(set(names)) and len(names) in (20, 21)
 
 
-async def test_two_stores_on_one_file(tmp_path: Path) -> None:
+async def test_two_stores_on_one_file(db_url: str) -> None:
     """Two gateways sharing one database file (separate engines) race safely."""
-    async with Store(url(tmp_path)).open() as one, Store(url(tmp_path)).open() as two:
+    async with Store(db_url).open() as one, Store(db_url).open() as two:
         results: list[str] = []
 
         async def create(store: Store) -> None:
@@ -182,11 +186,56 @@ async def test_two_stores_on_one_file(tmp_path: Path) -> None:
         assert [s.server_name for s in await two.list_servers()] == ["shared"]
 
 
-async def test_an_update_computed_from_a_stale_read_is_refused(tmp_path: Path) -> None:
-    async with Store(url(tmp_path)).open() as store:
+async def test_an_update_computed_from_a_stale_read_is_refused(db_url: str) -> None:
+    async with Store(db_url).open() as store:
         read = await store.create_server("alpha", HTTP)
         await store.update_server(read.id, config={**HTTP, "timeout": 1}, expect=read)  # fresh: applied
         with pytest.raises(Stale):  # computed from `read`, but the row changed since
             await store.update_server(read.id, config={**HTTP, "timeout": 2}, expect=read)
         current = await store.get_server(read.id)
         assert current is not None and current.config["timeout"] == 1
+
+
+async def test_replicas_opening_one_new_database_at_once_migrate_once(pg_cluster: object) -> None:
+    """Five stores open one empty PostgreSQL database together: one creates the schema, all work."""
+    url = pg_cluster.create_database()  # type: ignore[attr-defined]
+    stores = [Store(url) for _ in range(5)]
+    async with contextlib.AsyncExitStack() as stack:
+
+        async def open_one(store: Store) -> None:
+            await stack.enter_async_context(store.open())
+
+        async with anyio.create_task_group() as tg:
+            for store in stores:
+                tg.start_soon(open_one, store)
+        created = await stores[0].create_server("alpha", HTTP)
+        for store in stores:
+            assert [s.id for s in await store.list_servers()] == [created.id]
+
+
+async def test_events_reach_every_listening_store(pg_cluster: object) -> None:
+    """What one store publishes, every store on the database hears (and a SQLite store has no channel)."""
+    url = pg_cluster.create_database()  # type: ignore[attr-defined]
+    heard: dict[int, list[str | None]] = {0: [], 1: []}
+    async with Store(url).open() as one, Store(url).open() as two, anyio.create_task_group() as tg:
+        assert one.shared and two.shared
+        for index, store in enumerate((one, two)):
+            tg.start_soon(store.listen, heard[index].append)
+        await async_wait_for(lambda: heard[0] == [None] and heard[1] == [None], what="both listening")
+        await one.notify("server:mcp_server-1")
+        await two.notify("server:mcp_server-2")
+        for index in heard:
+            await async_wait_for(
+                lambda index=index: heard[index] == [None, "server:mcp_server-1", "server:mcp_server-2"],
+                what=f"store {index} to hear both events",
+            )
+        tg.cancel_scope.cancel()
+
+
+async def test_a_sqlite_store_is_not_shared(tmp_path: Path) -> None:
+    async with Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}").open() as store:
+        assert not store.shared
+        await store.notify("ignored")  # no channel: nothing happens, nothing fails
+        with anyio.move_on_after(0.05) as scope:
+            await store.listen(lambda payload: pytest.fail(f"heard {payload!r}"))
+        assert scope.cancelled_caught

@@ -19,7 +19,8 @@ Nothing here speaks HTTP: errors are exceptions the REST face maps to codes.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+import json
+from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,9 @@ CREATE_WAIT = 30.0
 
 LOAD_WAIT = 10.0
 """Upper bound (seconds) a lazy server waits for the store before it is started once to list."""
+RECONCILE_INTERVAL = 5.0
+"""Seconds between two full comparisons of the running servers with a shared store (the safety net
+under LISTEN/NOTIFY: an event lost while the listening connection was down is caught here)."""
 
 # Keys an update may send as null to mean "leave as is" (Letta declares them
 # required-but-nullable); any other key sent as null is cleared (back to its default).
@@ -193,11 +197,15 @@ class Registry:
         *,
         allow_stdio: bool | None = None,
         create_wait: float = CREATE_WAIT,
+        reconcile_interval: float = RECONCILE_INTERVAL,
     ) -> None:
         self.gateway = gateway
         self.store = store
         self._allow_stdio = allow_stdio  # None: follow gateway.allow_stdio_api (reloadable)
         self.create_wait = create_wait
+        self.reconcile_interval = reconcile_interval
+        self._stale = anyio.Event()  # set when another process changed the shared store
+        self._message_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._by_name: dict[str, str] = {}  # server name -> id, for servers this registry runs
         self._not_started: dict[str, tuple[str, str]] = {}  # id -> (state, reason)
         self._synced: dict[str, Any] = {}  # id -> the listing object last written to the store
@@ -236,6 +244,8 @@ class Registry:
             try:
                 await self._load()
                 self._loaded.set()
+                if self.store.shared:
+                    tg.start_soon(self._follow_store)
                 yield self
             finally:
                 self._tg = None
@@ -296,6 +306,110 @@ class Registry:
                     log.error("could not record a reloaded config server", server=name, error=str(exc))
                     continue
                 self._on_state(upstream)
+
+    # --- following other replicas (a shared store) -------------------------------------
+
+    async def _follow_store(self) -> None:
+        """Apply what other processes write to the shared store: on every event, and periodically."""
+        assert self._tg is not None
+        self._tg.start_soon(self.store.listen, self._on_store_event)
+        while True:
+            with anyio.move_on_after(self.reconcile_interval):
+                await self._stale.wait()
+            self._stale = anyio.Event()
+            try:
+                await self.reconcile()
+            except Exception as exc:  # noqa: BLE001 - the database may be away: next round
+                log.warning("could not reconcile with the store", error=str(exc))
+
+    def _on_store_event(self, payload: str | None) -> None:
+        if payload is not None and payload.startswith("{"):
+            try:
+                message = json.loads(payload)
+            except ValueError:
+                return
+            for listener in list(self._message_listeners):
+                listener(message)
+            return
+        self._stale.set()
+
+    def add_message_listener(self, listener: Callable[[dict[str, Any]], None]) -> None:
+        """Hear the messages other replicas publish on a shared store (e.g. relayed session traffic)."""
+        self._message_listeners.append(listener)
+
+    async def publish_message(self, message: dict[str, Any]) -> None:
+        """Send a JSON message to every replica on the shared store (this one included)."""
+        await self.store.notify(json.dumps(message, separators=(",", ":")))
+
+    async def _publish(self, server_id: str) -> None:
+        """Tell the other processes on the store that this server changed (best effort: they also poll)."""
+        try:
+            await self.store.notify(server_id)
+        except Exception as exc:  # noqa: BLE001 - the change itself is stored; reconcile catches up
+            log.warning("could not publish a change", server_id=server_id, error=str(exc))
+
+    async def reconcile(self) -> None:
+        """Make the running API servers match the store: start new ones, restart changed ones, stop gone ones.
+
+        What another replica created, changed or deleted becomes live here;
+        the gateway rebuilds its catalogue and every MCP client gets
+        list_changed. Config-file servers are this process's own file's.
+        """
+        async with self._write_lock:  # read under the lock: a local create is either in the list or not begun
+            records = {r.id: r for r in await self.store.list_servers() if r.source == "api"}
+            running = {
+                server_id: name
+                for name, server_id in self._by_name.items()
+                if name not in self.config_servers or server_id in records
+            }
+            for server_id, name in running.items():
+                if server_id not in records:
+                    self._forget(server_id, name)
+                    await self.gateway.remove_server(name)
+                    log.info("server deleted on another replica", server=name, server_id=server_id)
+            for server_id, record in records.items():
+                await self._reconcile_one(record, running.get(server_id))
+
+    def _forget(self, server_id: str, name: str) -> None:
+        self._synced.pop(server_id, None)
+        self._not_started.pop(server_id, None)
+        if self._by_name.get(name) == server_id:
+            del self._by_name[name]
+
+    async def _reconcile_one(self, record: ServerRecord, running_name: str | None) -> None:
+        name = record.server_name
+        try:
+            config = validate_config(record.config, f"server '{name}'")
+        except InvalidConfig as exc:
+            self._not_started[record.id] = (State.FAILED.value, f"stored config is invalid: {exc.detail}")
+            return
+        upstream = self.gateway.upstreams.get(running_name) if running_name else None
+        if upstream is not None and running_name == name and _same(upstream.config, config):
+            return
+        if isinstance(config, StdioServerConfig) and not self.allow_stdio:
+            self._not_started[record.id] = (
+                State.DISABLED.value,
+                "stdio servers from the API are not started (gateway.allow_stdio_api: false)",
+            )
+            if running_name is not None:
+                self._forget(record.id, running_name)
+                await self.gateway.remove_server(running_name)
+            return
+        holder = self.gateway.upstreams.get(name)
+        if holder is not None and self._by_name.get(name) != record.id:
+            return  # the name is still held here by a server that goes in a later round
+        async with self._lock(record.id):
+            self._synced.pop(record.id, None)
+            self._not_started.pop(record.id, None)
+            if running_name is not None:
+                self._by_name.pop(running_name, None)
+                await self.gateway.replace_server(running_name, config, name)
+                what = "changed"
+            else:
+                self.gateway.add_server(name, config)
+                what = "created"
+            self._by_name[name] = record.id
+        log.info(f"server {what} on another replica", server=name, server_id=record.id)
 
     # --- keeping tool records in step ----------------------------------------------------
 
@@ -503,6 +617,7 @@ class Registry:
                 await self.store.delete_server(record.id)
                 raise NameConflict(f"an MCP server named '{name}' already exists") from None
             self._by_name[name] = record.id
+        await self._publish(record.id)
         log.info("server created", server=name, server_id=record.id, transport=config.mcp_server_type)
         await self._settle(record.id, upstream)
         return self._view(record)
@@ -521,6 +636,7 @@ class Registry:
                     continue
             else:  # pragma: no cover - five lost races in a row
                 raise NameConflict(f"MCP server {server_id} keeps changing; try again")
+        await self._publish(server_id)
         if upstream is None:
             return self._view(record)
         renamed = old_name if old_name != record.server_name else None
@@ -580,6 +696,7 @@ class Registry:
                     del self._by_name[name]
                     await self.gateway.remove_server(name)
             self._server_locks.pop(server_id, None)
+        await self._publish(server_id)
         log.info("server deleted", server=record.server_name, server_id=server_id)
 
     # --- talking to the upstream -----------------------------------------------------

@@ -11,7 +11,14 @@ their ids stable across restarts and refreshes.
 
 The schema is created on open (`metadata.create_all`). Constraints carry
 explicit names (`NAMING_CONVENTION`) so a migration tool (Alembic) can take
-over from this metadata later.
+over from this metadata later. On PostgreSQL several replicas may open one
+database at once: the schema step runs under a transaction-scoped advisory
+lock, so exactly one of them creates the tables and the others wait, then
+find them.
+
+On PostgreSQL the store also carries change events between replicas:
+`notify` publishes on a channel (LISTEN/NOTIFY) and `listen` delivers what
+every replica publishes; other dialects have no channel (both are no-ops).
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import anyio
+import structlog
 from sqlalchemy import (
     JSON,
     Column,
@@ -40,6 +49,7 @@ from sqlalchemy import (
     func,
     insert,
     select,
+    text,
     update,
 )
 from sqlalchemy.engine import make_url
@@ -50,6 +60,10 @@ SERVER_ID_PREFIX = "mcp_server-"
 TOOL_ID_PREFIX = "tool-"
 SOURCES = ("api", "config")
 SCHEMA_VERSION = 1
+CHANNEL = "manifold_changes"
+MIGRATION_LOCK = 0x6D616E69  # "mani": the advisory lock key for the schema step
+
+log = structlog.get_logger("manifold.store")
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -187,6 +201,14 @@ def default_sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def normalize_url(url: str) -> str:
+    """A plain `postgresql://` (or `postgres://`) URL means the async driver, asyncpg."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+asyncpg://" + url[len(plain):]
+    return url
+
+
 def _install_sqlite_hooks(engine: AsyncEngine) -> None:
     """SQLite only: enforce foreign keys and make transactions real.
 
@@ -235,7 +257,7 @@ class Store:
     """Servers and tools in one database; open with `async with Store(url).open()`."""
 
     def __init__(self, url: str, *, echo: bool = False) -> None:
-        self.url = url
+        self.url = normalize_url(url)
         self._echo = echo
         self._engine: AsyncEngine | None = None
 
@@ -271,6 +293,9 @@ class Store:
         try:
             try:
                 async with engine.begin() as conn:
+                    if self.dialect == "postgresql":
+                        # One replica migrates; the others wait here until it commits.
+                        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
                     await conn.run_sync(metadata.create_all)
             except Exception as exc:
                 raise StoreError(f"cannot open the store {shown}: {exc}") from exc
@@ -278,6 +303,54 @@ class Store:
         finally:
             self._engine = None
             await engine.dispose()
+
+    # --- change events between processes (PostgreSQL) ----------------------------
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes may share this store and hear its events."""
+        return self.dialect == "postgresql"
+
+    async def notify(self, payload: str) -> None:
+        """Publish `payload` to every process listening on this store (PostgreSQL only)."""
+        if not self.shared:
+            return
+        async with self._tx() as conn:
+            await conn.execute(text("SELECT pg_notify(:channel, :payload)"), {"channel": CHANNEL, "payload": payload})
+
+    async def listen(self, on_event: Any, *, retry: float = 1.0) -> None:
+        """Call `on_event(payload)` for every event published on this store; runs until cancelled.
+
+        Holds one pooled connection with asyncpg's listener on it. When that
+        connection is lost it reconnects (every `retry` seconds) and calls
+        `on_event(None)`: events may have been missed, the caller reconciles.
+        """
+        if not self.shared:
+            await anyio.sleep_forever()
+        while True:
+            try:
+                async with self.engine.connect() as conn:
+                    raw = (await conn.get_raw_connection()).driver_connection
+                    lost = anyio.Event()
+
+                    def deliver(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+                        on_event(payload)
+
+                    raw.add_termination_listener(lambda _conn, lost=lost: lost.set())
+                    await raw.add_listener(CHANNEL, deliver)
+                    on_event(None)
+                    try:
+                        while not lost.is_set() and not raw.is_closed():
+                            with anyio.move_on_after(retry):
+                                await lost.wait()
+                    finally:
+                        with anyio.CancelScope(shield=True), anyio.move_on_after(2):
+                            if not raw.is_closed():
+                                await raw.remove_listener(CHANNEL, deliver)
+                    log.warning("store listener connection lost; reconnecting")
+            except Exception as exc:  # noqa: BLE001 - the database is away: retry
+                log.warning("store listener cannot connect; retrying", error=str(exc))
+            await anyio.sleep(retry)
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:

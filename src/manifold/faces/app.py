@@ -12,9 +12,10 @@ from contextlib import asynccontextmanager, nullcontext
 from typing import Any
 
 import anyio
+import structlog
 from fastapi import FastAPI
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp, StreamableHTTPSessionManager
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
@@ -23,6 +24,7 @@ from starlette.types import Receive, Scope, Send
 from manifold import __version__
 from manifold.faces.mcp import McpFace
 from manifold.faces.rest import ApiSettings, create_router
+from manifold.faces.sessions import SECRET_ENV, SessionTokens, SharedSessionManager
 from manifold.gateway import Gateway
 from manifold.logging import masker
 from manifold.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
@@ -77,7 +79,15 @@ def create_app(
 ) -> FastAPI:
     face = McpFace(gateway)
     security = security_settings(host)
-    sessions = StreamableHTTPSessionManager(app=face.server, security_settings=security)
+    tokens, shared_secret = SessionTokens.from_env()
+    sessions = SharedSessionManager(app=face.server, security_settings=security, tokens=tokens)
+    if registry is not None and registry.store.shared:
+        sessions.relay = registry.publish_message
+        registry.add_message_listener(sessions.deliver)
+    if registry is not None and registry.store.shared and not shared_secret:
+        structlog.get_logger("manifold.http").warning(
+            f"the store is shared but {SECRET_ENV} is not set: MCP sessions stay on this replica"
+        )
     sse = SseServerTransport("/messages/", security_settings=security)
 
     async def handle_sse(scope: Scope, receive: Receive, send: Send) -> None:
