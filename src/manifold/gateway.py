@@ -23,7 +23,7 @@ from manifold.catalog import Catalog, Route, ServerListing
 from manifold.config import GatewayConfig, GatewaySettings, ServerConfig, ToolShaping
 from manifold.logging import masker
 from manifold.metrics import Metrics
-from manifold.search import Hit, ToolIndex
+from manifold.search import Hit, SearchIndex, build_index
 from manifold.upstream.connection import ProgressFn, State, Upstream
 
 log = structlog.get_logger("manifold.gateway")
@@ -83,7 +83,7 @@ class Gateway:
         self.bridge: ClientBridge | None = None
         self.listing_cache: ListingCache | None = None
         self.metrics = Metrics()
-        self._index: tuple[Catalog, ToolIndex] | None = None
+        self._index: tuple[Catalog, str, SearchIndex] | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -284,17 +284,28 @@ class Gateway:
         for listener in list(self._listeners):
             listener(old, self.catalog)
 
-    def search_tools(self, query: str, limit: int = 10) -> list[Hit]:
-        """Rank the catalogue's tools for a plain-words query (lazy servers included, never started)."""
-        catalog = self.catalog
-        if self._index is None or self._index[0] is not catalog:
+    def search_index(self) -> SearchIndex:
+        """The catalogue's search index with the configured ranker, rebuilt after a catalogue change."""
+        catalog, ranker = self.catalog, self.settings.search_ranker
+        cached = self._index
+        if cached is None or cached[0] is not catalog or cached[1] != ranker:
 
             def server_of(name: str) -> str:
                 route = catalog.route_tool(name)
                 return route.server if route else ""
 
-            self._index = (catalog, ToolIndex(catalog.tools, server_of))
-        return self._index[1].search(query, limit)
+            cached = self._index = (catalog, ranker, build_index(catalog.tools, server_of, ranker))
+        return cached[2]
+
+    async def search_tools(self, query: str, limit: int = 10) -> list[Hit]:
+        """Rank the catalogue's tools for a plain-words query (lazy servers included, never started).
+
+        An embedding ranker takes milliseconds to seconds (a whole catalogue on
+        the first search after a change): it runs off the event loop.
+        """
+        if self.settings.search_ranker == "lexical":
+            return self.search_index().search(query, limit)
+        return await anyio.to_thread.run_sync(lambda: self.search_index().search(query, limit))
 
     # --- routing -------------------------------------------------------------
 

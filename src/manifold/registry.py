@@ -551,7 +551,7 @@ class Registry:
             raise ToolNotFound(f"Tool not found with id={tool_id} on MCP server {server_id}")
         return record, tool
 
-    def search_tools(self, query: str, limit: int) -> list[dict[str, Any]]:
+    async def search_tools(self, query: str, limit: int) -> list[dict[str, Any]]:
         """The catalogue ranked for `query`: exposed name, server (name and id), description, score."""
         return [
             {
@@ -561,7 +561,7 @@ class Registry:
                 "description": hit.description,
                 "score": hit.score,
             }
-            for hit in self.gateway.search_tools(query, limit)
+            for hit in await self.gateway.search_tools(query, limit)
         ]
 
     def exposed_tool_name(self, server_name: str, tool_name: str) -> str | None:

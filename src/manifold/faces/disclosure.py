@@ -12,12 +12,10 @@ import json
 from fnmatch import fnmatchcase
 from typing import Any
 
-import anyio
 import jsonschema
 
-from manifold.catalog import Catalog
 from manifold.gateway import Gateway
-from manifold.search import SearchIndex, build_index, estimate_tokens
+from manifold.search import estimate_tokens
 from manifold.upstream.connection import ProgressFn
 
 MODES = ("full", "search", "auto")
@@ -82,20 +80,6 @@ def _text(payload: Any, *, error: bool = False) -> dict[str, Any]:
 class Disclosure:
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
-        self._index: SearchIndex | None = None
-        self._indexed: tuple[Catalog, str] | None = None
-
-    def index(self) -> SearchIndex:
-        """The search index of the current catalogue, rebuilt after a change, with the configured ranker."""
-        catalog, ranker = self.gateway.catalog, self.gateway.settings.search_ranker
-        if self._index is None or self._indexed is None or self._indexed[0] is not catalog or self._indexed[1] != ranker:
-
-            def server_of(name: str) -> str:
-                route = catalog.route_tool(name)
-                return route.server if route else ""
-
-            self._index, self._indexed = build_index(catalog.tools, server_of, ranker), (catalog, ranker)
-        return self._index
 
     def effective_mode(self, requested: str | None) -> str:
         settings = self.gateway.settings
@@ -118,10 +102,7 @@ class Disclosure:
         if name == SEARCH:
             query = str(arguments.get("query", ""))
             limit = max(1, min(int(arguments.get("limit") or 8), 50))
-            if self.gateway.settings.search_ranker == "lexical":
-                hits = self.index().search(query, limit)
-            else:  # embedding takes a while: off the event loop
-                hits = await anyio.to_thread.run_sync(lambda: self.index().search(query, limit))
+            hits = await self.gateway.search_tools(query, limit)
             return _text({"results": [{"name": h.name, "server": h.server, "description": h.description} for h in hits]})
         if name == DESCRIBE:
             wanted = [str(n) for n in arguments.get("names") or []]

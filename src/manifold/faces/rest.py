@@ -528,13 +528,13 @@ def create_router(registry: Registry, settings: ApiSettings | None = None) -> AP
     ) -> Any:
         """Rank every tool of every server (lazy servers included, without starting them) for a query.
 
-        A Manifold extension: the same lexical ranker as the MCP face's search mode.
+        A Manifold extension: the gateway's configured ranker, as in the MCP face's search mode.
         """
         if not query.strip():
             raise RequestValidationError(
                 [{"loc": ("query", "query"), "msg": "the query is blank", "type": "value_error"}]
             )
-        return registry.search_tools(query, limit)
+        return await registry.search_tools(query, limit)
 
     @router.get(
         "/{mcp_server_id}",
