@@ -313,7 +313,12 @@ class Store:
             finally:
                 self._engine = None
 
-    async def _migrate(self, engine: AsyncEngine) -> None:
+    async def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to head and close (`manifold db upgrade`); returns (revision before, head)."""
+        async with self._connected() as engine:
+            return await self._migrate(engine)
+
+    async def _migrate(self, engine: AsyncEngine) -> tuple[str | None, str]:
         """Upgrade to head in one transaction; on PostgreSQL under the advisory lock."""
         try:
             async with engine.begin() as conn:
@@ -330,6 +335,7 @@ class Store:
             raise StoreError(f"cannot open the store {self.shown_url}: {exc}") from exc
         if before != head:
             log.info("store schema upgraded", store=self.shown_url, revision=head, previous=before)
+        return before, head
 
     async def revision(self) -> tuple[str | None, str]:
         """(the database's schema revision or None if it has none, this Manifold's head); changes nothing."""

@@ -63,6 +63,11 @@ def head() -> str:
     return revision
 
 
+def known(revision: str) -> bool:
+    """Whether `revision` is one of ours (else a newer Manifold wrote it)."""
+    return any(s.revision == revision for s in script().walk_revisions())
+
+
 def _context(conn: Connection, **opts: Any) -> MigrationContext:
     return MigrationContext.configure(conn, opts={"script": script(), "version_table": VERSION_TABLE, **opts})
 
@@ -93,11 +98,10 @@ def upgrade(conn: Connection) -> tuple[str | None, str]:
     revision these migrations do not know.
     """
     target = head()
-    known = {s.revision for s in script().walk_revisions()}
     context = _context(conn)
     before = context.get_current_heads()
     for revision in before:
-        if revision not in known:
+        if not known(revision):
             raise SchemaTooNew(revision, target)
     if not before:
         stamp = unversioned_revision(conn)
