@@ -3,12 +3,14 @@
 import contextlib
 import subprocess
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import anyio
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from sqlalchemy import (
     JSON,
     Column,
@@ -317,3 +319,66 @@ async def test_db_verbs_report_and_upgrade_ahead_of_serve(tmp_path: Any) -> None
     assert newer.stdout.strip() == f"{url}: at revision 0999, newer than this Manifold knows (head {HEAD})"
     refused = await anyio.to_thread.run_sync(manifold, "db", "upgrade", "--db", url)
     assert refused.returncode == 1 and "newer than this Manifold knows" in refused.stderr
+
+
+RECREATE_SERVERS = '''
+import sqlalchemy as sa
+
+revision = "0003"
+down_revision = "0002"
+
+
+def upgrade(op):
+    with op.batch_alter_table("mcp_servers", recreate="always") as batch:
+        batch.add_column(sa.Column("note", sa.Text(), nullable=True))
+'''
+
+ORPHAN_TOOLS = '''
+revision = "0003"
+down_revision = "0002"
+
+
+def upgrade(op):
+    op.execute("DELETE FROM mcp_servers")
+'''
+
+
+def with_revision_0003(monkeypatch: pytest.MonkeyPatch, folder: Any, source: str) -> None:
+    """The shipped revisions plus a 0003 of the test's own, as the store's migrations."""
+    shipped = migrations.script()
+    (folder / "versions").mkdir(parents=True)
+    for revision in shipped.walk_revisions():
+        (folder / "versions" / Path(revision.path).name).write_text(Path(revision.path).read_text())
+    (folder / "versions" / "0003_test.py").write_text(source)
+    monkeypatch.setattr(migrations, "script", lambda: ScriptDirectory(str(folder)))
+
+
+async def test_a_sqlite_batch_migration_of_the_servers_keeps_their_tools(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Recreating `mcp_servers` (SQLite's ALTER) must not cascade-delete its tools and listings."""
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    await make_legacy_database(url, with_listings=True)
+    with_revision_0003(monkeypatch, tmp_path / "migrations", RECREATE_SERVERS)
+    async with Store(url).open() as store:
+        assert {t.name: t.id for t in await store.list_tools(SERVER_ID)} == TOOL_IDS
+        assert await store.get_listing(SERVER_ID) == LISTING
+        async with store.engine.connect() as conn:  # and foreign keys are back on afterwards
+            assert (await conn.exec_driver_sql("PRAGMA foreign_keys")).scalar_one() == 1
+    assert await versions(url) == ["0003"]
+    assert "note" in [c for c in (await snapshot(url))["mcp_servers"][0]]
+
+
+async def test_a_sqlite_migration_that_orphans_rows_is_rolled_back(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"
+    async with Store(url).open() as store:
+        server = await store.create_server("alpha", HTTP)
+        await store.sync_tools(server.id, [{"name": "echo"}])
+    before = await snapshot(url)
+    with_revision_0003(monkeypatch, tmp_path / "migrations", ORPHAN_TOOLS)
+    with pytest.raises(StoreError, match="the migration to 0003 leaves rows of tools without their parent"):
+        async with Store(url).open():
+            pytest.fail("opened")
+    assert await snapshot(url) == before

@@ -234,6 +234,13 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _sqlite_foreign_keys(conn: Any, on: bool) -> None:
+    """Switch SQLite's foreign keys on this connection, outside any transaction (on the driver itself)."""
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    cursor.close()
+
+
 def _server(row: Any) -> ServerRecord:
     return ServerRecord(
         id=row.id,
@@ -319,13 +326,29 @@ class Store:
             return await self._migrate(engine)
 
     async def _migrate(self, engine: AsyncEngine) -> tuple[str | None, str]:
-        """Upgrade to head in one transaction; on PostgreSQL under the advisory lock."""
+        """Upgrade to head in one transaction; on PostgreSQL under the advisory lock.
+
+        On SQLite foreign keys are off while it runs (the pragma cannot change
+        inside a transaction): a batch migration recreates a table by copy, drop
+        and rename, and dropping `mcp_servers` with them on would cascade-delete
+        every tool. They are checked before the commit instead.
+        """
+        sqlite = self.dialect == "sqlite"
         try:
-            async with engine.begin() as conn:
-                if self.dialect == "postgresql":
-                    # One replica migrates; the others wait here until it commits.
-                    await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-                before, head = await conn.run_sync(migrations.upgrade)
+            async with engine.connect() as conn:
+                if sqlite:
+                    await conn.run_sync(_sqlite_foreign_keys, False)
+                try:
+                    async with conn.begin():
+                        if self.dialect == "postgresql":
+                            # One replica migrates; the others wait here until it commits.
+                            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+                        before, head = await conn.run_sync(migrations.upgrade)
+                        if sqlite and (broken := (await conn.exec_driver_sql("PRAGMA foreign_key_check")).first()):
+                            raise StoreError(f"the migration to {head} leaves rows of {broken[0]} without their parent")
+                finally:
+                    if sqlite:
+                        await conn.run_sync(_sqlite_foreign_keys, True)
         except migrations.SchemaTooNew as exc:
             raise StoreError(
                 f"the database at {self.shown_url} is at schema revision {exc.revision}, newer than this "

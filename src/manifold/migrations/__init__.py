@@ -10,10 +10,9 @@ constraint names out instead of importing `manifold.store`, so a later change
 to the metadata cannot rewrite history. Each `upgrade(op)` is handed its own
 `Operations` rather than using the global `alembic.op` proxy, which two stores
 migrating at once in one process would overwrite. An ALTER that SQLite cannot
-do goes through `op.batch_alter_table` (table recreated and copied); note that
-the store runs SQLite with foreign keys on and the pragma cannot change inside
-the migration's transaction, so recreating `mcp_servers` that way would
-cascade-delete its tools: such a revision must copy the children first.
+do goes through `op.batch_alter_table` (the table recreated by copy, drop and
+rename); the store runs migrations on SQLite with foreign keys off, so that
+drop cascades nowhere, and checks them before it commits.
 
 To add a revision: a new `versions/NNNN_what.py` with `revision`,
 `down_revision` = the previous head and `upgrade(op)`, then the change to
