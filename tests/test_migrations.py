@@ -39,7 +39,10 @@ pytestmark = pytest.mark.anyio
 HEAD = migrations.head()
 HTTP = {"mcp_server_type": "streamable_http", "server_url": "http://127.0.0.1:1/mcp"}
 SERVER_ID = "mcp_server-00000000-0000-4000-8000-000000000001"
-TOOL_IDS = {"echo": "tool-00000000-0000-4000-8000-000000000001", "add": "tool-00000000-0000-4000-8000-000000000002"}
+TOOL_IDS = {
+    "echo": "tool-00000000-0000-4000-8000-000000000001",
+    "add": "tool-00000000-0000-4000-8000-000000000002",
+}
 LISTING = {"tools": [{"name": "echo"}, {"name": "add"}], "prompts": [], "resources": []}
 
 
@@ -82,7 +85,9 @@ def legacy_metadata(with_listings: bool) -> MetaData:
         Table(
             "server_listings",
             old,
-            Column("server_id", String(64), ForeignKey("mcp_servers.id", ondelete="CASCADE"), primary_key=True),
+            Column(
+                "server_id", String(64), ForeignKey("mcp_servers.id", ondelete="CASCADE"), primary_key=True
+            ),
             Column("listing", JSON, nullable=False),
             Column("updated_at", DateTime(timezone=True), nullable=False),
         )
@@ -129,9 +134,8 @@ async def make_legacy_database(url: str, with_listings: bool) -> None:
                 )
             )
         if with_listings:
-            await conn.execute(
-                insert(old.tables["server_listings"]).values(server_id=SERVER_ID, listing=LISTING, updated_at=now)
-            )
+            listings = old.tables["server_listings"]
+            await conn.execute(insert(listings).values(server_id=SERVER_ID, listing=LISTING, updated_at=now))
 
 
 async def versions(url: str) -> list[str]:
@@ -196,15 +200,19 @@ async def test_the_migrations_at_head_match_the_metadata(db_url: str) -> None:
 
 
 @pytest.mark.parametrize("with_listings", [False, True], ids=["0001-era", "0002-era"])
-async def test_a_database_from_before_migrations_is_upgraded_in_place(db_url: str, with_listings: bool) -> None:
+async def test_a_database_from_before_migrations_is_upgraded_in_place(
+    db_url: str, with_listings: bool
+) -> None:
     await make_legacy_database(db_url, with_listings)
     era = "0002" if with_listings else "0001"
     assert await Store(db_url).revision() == (era, HEAD)
     async with Store(db_url).open() as store:
-        assert [(s.id, s.server_name, s.config) for s in await store.list_servers()] == [(SERVER_ID, "alpha", HTTP)]
+        servers = [(s.id, s.server_name, s.config) for s in await store.list_servers()]
+        assert servers == [(SERVER_ID, "alpha", HTTP)]
         assert {t.name: t.id for t in await store.list_tools(SERVER_ID)} == TOOL_IDS
         # The constraints still hold: the same listing again keeps every id, and changes nothing.
-        same = [{"name": n, "description": n, "inputSchema": {"type": "object", "properties": {}}} for n in TOOL_IDS]
+        empty = {"type": "object", "properties": {}}
+        same = [{"name": n, "description": n, "inputSchema": empty} for n in TOOL_IDS]
         assert not await store.sync_tools(SERVER_ID, same)
         assert await store.get_listing(SERVER_ID) == (LISTING if with_listings else None)
         await store.save_listing(SERVER_ID, {"tools": []})  # server_listings is there either way
@@ -304,7 +312,8 @@ async def test_db_verbs_report_and_upgrade_ahead_of_serve(tmp_path: Any) -> None
     before = await snapshot(url)
     current = await anyio.to_thread.run_sync(manifold, "db", "current", "--db", url)
     assert current.returncode == 0, current.stderr
-    assert current.stdout.strip() == f"{url}: at revision 0001, behind head {HEAD}: `manifold db upgrade` migrates it"
+    behind = f"at revision 0001, behind head {HEAD}: `manifold db upgrade` migrates it"
+    assert current.stdout.strip() == f"{url}: {behind}"
     assert await snapshot(url) == before
     upgraded = await anyio.to_thread.run_sync(manifold, "db", "upgrade", "--db", url)
     assert upgraded.returncode == 0, upgraded.stderr
@@ -378,7 +387,7 @@ async def test_a_sqlite_migration_that_orphans_rows_is_rolled_back(
         await store.sync_tools(server.id, [{"name": "echo"}])
     before = await snapshot(url)
     with_revision_0003(monkeypatch, tmp_path / "migrations", ORPHAN_TOOLS)
-    with pytest.raises(StoreError, match="the migration to 0003 leaves rows of tools without their parent"):
+    with pytest.raises(StoreError, match="the migration to 0003 leaves rows of tools with no parent"):
         async with Store(url).open():
             pytest.fail("opened")
     assert await snapshot(url) == before

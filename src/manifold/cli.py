@@ -364,7 +364,11 @@ def db() -> None:
 
 
 _DB_URL = click.option(
-    "--db", "url", envvar="MANIFOLD_DB", default=None, help="Store URL (SQLAlchemy); default the SQLite file `serve` uses."
+    "--db",
+    "url",
+    envvar="MANIFOLD_DB",
+    default=None,
+    help="Store URL (SQLAlchemy); default the SQLite file `serve` uses.",
 )
 
 
@@ -412,7 +416,8 @@ def db_current(url: str | None) -> None:
     elif current is None:
         click.echo(f"{store.shown_url}: no schema yet; head is {head}")
     elif migrations.known(current):
-        click.echo(f"{store.shown_url}: at revision {current}, behind head {head}: `manifold db upgrade` migrates it")
+        behind = f"at revision {current}, behind head {head}: `manifold db upgrade` migrates it"
+        click.echo(f"{store.shown_url}: {behind}")
     else:
         click.echo(f"{store.shown_url}: at revision {current}, newer than this Manifold knows (head {head})")
         sys.exit(1)

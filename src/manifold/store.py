@@ -333,21 +333,15 @@ class Store:
         and rename, and dropping `mcp_servers` with them on would cascade-delete
         every tool. They are checked before the commit instead.
         """
-        sqlite = self.dialect == "sqlite"
         try:
             async with engine.connect() as conn:
-                if sqlite:
+                if self.dialect != "sqlite":
+                    before, head = await self._upgrade_in(conn)
+                else:
                     await conn.run_sync(_sqlite_foreign_keys, False)
-                try:
-                    async with conn.begin():
-                        if self.dialect == "postgresql":
-                            # One replica migrates; the others wait here until it commits.
-                            await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-                        before, head = await conn.run_sync(migrations.upgrade)
-                        if sqlite and (broken := (await conn.exec_driver_sql("PRAGMA foreign_key_check")).first()):
-                            raise StoreError(f"the migration to {head} leaves rows of {broken[0]} without their parent")
-                finally:
-                    if sqlite:
+                    try:
+                        before, head = await self._upgrade_in(conn)
+                    finally:
                         await conn.run_sync(_sqlite_foreign_keys, True)
         except migrations.SchemaTooNew as exc:
             raise StoreError(
@@ -358,6 +352,19 @@ class Store:
             raise StoreError(f"cannot open the store {self.shown_url}: {exc}") from exc
         if before != head:
             log.info("store schema upgraded", store=self.shown_url, revision=head, previous=before)
+        return before, head
+
+    async def _upgrade_in(self, conn: AsyncConnection) -> tuple[str | None, str]:
+        """One transaction: the lock (PostgreSQL), the migrations, the foreign key check (SQLite)."""
+        async with conn.begin():
+            if self.dialect == "postgresql":
+                # One replica migrates; the others wait here until it commits.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            before, head = await conn.run_sync(migrations.upgrade)
+            if self.dialect == "sqlite":
+                broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).first()
+                if broken is not None:
+                    raise StoreError(f"the migration to {head} leaves rows of {broken[0]} with no parent")
         return before, head
 
     async def revision(self) -> tuple[str | None, str]:

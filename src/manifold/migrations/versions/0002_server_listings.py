@@ -23,6 +23,9 @@ def upgrade(op: Operations) -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("server_id", name="pk_server_listings"),
         sa.ForeignKeyConstraint(
-            ["server_id"], ["mcp_servers.id"], name="fk_server_listings_server_id_mcp_servers", ondelete="CASCADE"
+            ["server_id"],
+            ["mcp_servers.id"],
+            name="fk_server_listings_server_id_mcp_servers",
+            ondelete="CASCADE",
         ),
     )
