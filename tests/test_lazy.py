@@ -366,7 +366,7 @@ async def test_store_keeps_one_listing_per_server_and_drops_it_with_the_server(t
 
     with sqlite3.connect(tmp_path / "m.db") as db:
         db.execute("DROP TABLE server_listings")
-        db.execute("DROP TABLE alembic_version")
+        db.execute("DROP TABLE manifold_alembic_version")
     async with Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}").open() as store:
         again = await store.create_server("s", {"mcp_server_type": "stdio", "command": "x"})
         await store.save_listing(again.id, {"tools": []})

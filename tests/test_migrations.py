@@ -140,13 +140,18 @@ async def make_legacy_database(url: str, with_listings: bool) -> None:
 
 async def versions(url: str) -> list[str]:
     async with connect(url) as conn:
-        return list((await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars())
+        query = text(f"SELECT version_num FROM {migrations.VERSION_TABLE}")
+        return list((await conn.execute(query)).scalars())
 
 
 async def differences(url: str, target: MetaData = metadata) -> list[Any]:
     """What Alembic's autogenerate finds between the database and `target` (empty: they agree)."""
     async with connect(url) as conn:
-        return await conn.run_sync(lambda sync: compare_metadata(MigrationContext.configure(sync), target))
+        return await conn.run_sync(
+            lambda sync: compare_metadata(
+                MigrationContext.configure(sync, opts={"version_table": migrations.VERSION_TABLE}), target
+            )
+        )
 
 
 async def snapshot(url: str) -> dict[str, Any]:
@@ -243,7 +248,7 @@ async def test_replicas_opening_one_database_at_once_migrate_it_once(pg_cluster:
                 with anyio.fail_after(20):
                     while await waiting_for_lock(lock) < len(stores):
                         await anyio.sleep(0.02)
-                assert "alembic_version" not in await tables(url)  # nobody migrated meanwhile
+                assert migrations.VERSION_TABLE not in await tables(url)  # nobody migrated meanwhile
                 await lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
             assert await versions(url) == [HEAD]
             expected = [SERVER_ID] if legacy else []
@@ -274,7 +279,7 @@ async def test_a_database_from_a_newer_manifold_is_refused_untouched(db_url: str
     async with Store(db_url).open() as store:
         await store.create_server("alpha", HTTP)
     async with connect(db_url) as conn:  # what a newer Manifold would have left
-        await conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+        await conn.execute(text("UPDATE manifold_alembic_version SET version_num = '0999'"))
         await conn.execute(text("CREATE TABLE future_things (id INTEGER PRIMARY KEY)"))
     before = await snapshot(db_url)
     url = db_url
@@ -322,7 +327,7 @@ async def test_db_verbs_report_and_upgrade_ahead_of_serve(tmp_path: Any) -> None
     assert again.stdout.strip() == f"{url}: at revision {HEAD} (head), nothing to do"
     assert await versions(url) == [HEAD]
     async with connect(url) as conn:
-        await conn.execute(text("UPDATE alembic_version SET version_num = '0999'"))
+        await conn.execute(text("UPDATE manifold_alembic_version SET version_num = '0999'"))
     newer = await anyio.to_thread.run_sync(manifold, "db", "current", "--db", url)
     assert newer.returncode == 1
     assert newer.stdout.strip() == f"{url}: at revision 0999, newer than this Manifold knows (head {HEAD})"
@@ -391,3 +396,19 @@ async def test_a_sqlite_migration_that_orphans_rows_is_rolled_back(
         async with Store(url).open():
             pytest.fail("opened")
     assert await snapshot(url) == before
+
+
+async def test_another_applications_alembic_version_is_left_alone(db_url: str) -> None:
+    """A database shared with another Alembic-managed application: its version table is not ours."""
+    path = default_sqlite_path(db_url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    async with connect(db_url) as conn:
+        await conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) PRIMARY KEY)"))
+        await conn.execute(text("INSERT INTO alembic_version VALUES ('0001')"))
+    async with Store(db_url).open() as store:
+        await store.create_server("alpha", HTTP)
+    assert await versions(db_url) == [HEAD]
+    async with connect(db_url) as conn:
+        theirs = await conn.execute(text("SELECT version_num FROM alembic_version"))
+        assert list(theirs.scalars()) == ["0001"]

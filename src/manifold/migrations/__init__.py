@@ -34,7 +34,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect
 
-VERSION_TABLE = "alembic_version"
+# Not Alembic's default name: a database shared with another Alembic-managed application
+# keeps both version tables apart (their "0001" is not ours).
+VERSION_TABLE = "manifold_alembic_version"
 
 # What a database from before migrations holds, newest first: the tables that
 # mark a revision. Frozen, like the revisions themselves.
