@@ -361,11 +361,12 @@ async def test_store_keeps_one_listing_per_server_and_drops_it_with_the_server(t
         assert await store.get_listing(server.id) is None
         with pytest.raises(NotFound):
             await store.save_listing(server.id, {"tools": []})
-    # A database made before the table existed gains it on open (no migration step).
+    # A database made before the table (and migrations) existed gains it on open.
     import sqlite3
 
     with sqlite3.connect(tmp_path / "m.db") as db:
         db.execute("DROP TABLE server_listings")
+        db.execute("DROP TABLE manifold_alembic_version")
     async with Store(f"sqlite+aiosqlite:///{tmp_path / 'm.db'}").open() as store:
         again = await store.create_server("s", {"mcp_server_type": "stdio", "command": "x"})
         await store.save_listing(again.id, {"tools": []})

@@ -367,3 +367,68 @@ def call(name: str, arguments: str, config_path: str | None, url: str | None, lo
     click.echo(json.dumps(result, indent=2))
     if result.get("isError"):
         sys.exit(1)
+
+
+@main.group()
+def db() -> None:
+    """The store's schema: which revision it is at, and upgrading it ahead of a rolling deploy."""
+
+
+_DB_URL = click.option(
+    "--db",
+    "url",
+    envvar="MANIFOLD_DB",
+    default=None,
+    help="Store URL (SQLAlchemy); default the SQLite file `serve` uses.",
+)
+
+
+@db.command("upgrade")
+@_DB_URL
+def db_upgrade(url: str | None) -> None:
+    """Migrate the store to this version's schema.
+
+    What `serve` does on start, for operators who migrate before a rolling deploy. Exit 1 if it cannot.
+    """
+    from manifold.store import Store, StoreError
+
+    setup_logging("warning")
+    store = Store(url or default_db_url())
+    try:
+        before, head = anyio.run(store.upgrade)
+    except StoreError as exc:
+        click.echo(f"manifold: {exc}", err=True)
+        sys.exit(1)
+    if before == head:
+        click.echo(f"{store.shown_url}: at revision {head} (head), nothing to do")
+    else:
+        click.echo(f"{store.shown_url}: upgraded from revision {before or '(empty)'} to {head} (head)")
+
+
+@db.command("current")
+@_DB_URL
+def db_current(url: str | None) -> None:
+    """Show the store's schema revision.
+
+    Changes nothing. Exit 1 if the store is newer than this Manifold knows.
+    """
+    from manifold import migrations
+    from manifold.store import Store, StoreError
+
+    setup_logging("warning")
+    store = Store(url or default_db_url())
+    try:
+        current, head = anyio.run(store.revision)
+    except StoreError as exc:
+        click.echo(f"manifold: {exc}", err=True)
+        sys.exit(1)
+    if current == head:
+        click.echo(f"{store.shown_url}: at revision {head} (head)")
+    elif current is None:
+        click.echo(f"{store.shown_url}: no schema yet; head is {head}")
+    elif migrations.known(current):
+        behind = f"at revision {current}, behind head {head}: `manifold db upgrade` migrates it"
+        click.echo(f"{store.shown_url}: {behind}")
+    else:
+        click.echo(f"{store.shown_url}: at revision {current}, newer than this Manifold knows (head {head})")
+        sys.exit(1)

@@ -9,12 +9,15 @@ two concurrent writers that race for one name get `NameTaken`, never a lost
 row; tool rows are unique per (server, tool name), which is also what keeps
 their ids stable across restarts and refreshes.
 
-The schema is created on open (`metadata.create_all`). Constraints carry
-explicit names (`NAMING_CONVENTION`) so a migration tool (Alembic) can take
-over from this metadata later. On PostgreSQL several replicas may open one
-database at once: the schema step runs under a transaction-scoped advisory
-lock, so exactly one of them creates the tables and the others wait, then
-find them.
+The schema is Alembic's: on open the store upgrades the database to the
+newest revision in `manifold.migrations` (a new database is created, one made
+by an earlier Manifold before migrations existed is stamped and upgraded in
+place, one made by a newer Manifold is refused untouched). `metadata` below is
+what the revisions add up to; a test keeps the two equal, and constraints carry
+explicit names (`NAMING_CONVENTION`) so migrations can name what they change.
+On PostgreSQL several replicas may open one database at once: the migration
+runs in one transaction under a transaction-scoped advisory lock, so exactly
+one of them migrates and the others wait, then find the head already there.
 
 On PostgreSQL the store also carries change events between replicas:
 `notify` publishes on a channel (LISTEN/NOTIFY) and `listen` delivers what
@@ -56,12 +59,13 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from manifold import migrations
+
 SERVER_ID_PREFIX = "mcp_server-"
 TOOL_ID_PREFIX = "tool-"
 SOURCES = ("api", "config")
-SCHEMA_VERSION = 1
 CHANNEL = "manifold_changes"
-MIGRATION_LOCK = 0x6D616E69  # "mani": the advisory lock key for the schema step
+MIGRATION_LOCK = 0x6D616E69  # "mani": the advisory lock key for migrations
 
 log = structlog.get_logger("manifold.store")
 
@@ -102,8 +106,7 @@ tools = Table(
 )
 
 # The last lists a server gave (tools, prompts, resources, capabilities): what a
-# lazy server is listed from while it is not running. A table of its own, so an
-# existing database gains it from `create_all` with no ALTER.
+# lazy server is listed from while it is not running (revision 0002).
 server_listings = Table(
     "server_listings",
     metadata,
@@ -231,6 +234,13 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+def _sqlite_foreign_keys(conn: Any, on: bool) -> None:
+    """Switch SQLite's foreign keys on this connection, outside any transaction (on the driver itself)."""
+    cursor = conn.connection.dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
+    cursor.close()
+
+
 def _server(row: Any) -> ServerRecord:
     return ServerRecord(
         id=row.id,
@@ -271,38 +281,104 @@ class Store:
     def dialect(self) -> str:
         return make_url(self.url).get_backend_name()
 
+    @property
+    def shown_url(self) -> str:
+        """The URL with its password masked, for messages."""
+        return make_url(self.url).render_as_string(hide_password=True)
+
     @asynccontextmanager
-    async def open(self) -> AsyncIterator[Store]:
-        shown = make_url(self.url).render_as_string(hide_password=True)
+    async def _connected(self) -> AsyncIterator[AsyncEngine]:
+        """The engine for this URL (SQLite: its folder made, hooks installed), disposed on exit."""
         path = default_sqlite_path(self.url)
         if path is not None:
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise StoreError(f"cannot open the store {shown}: {exc}") from exc
+                raise StoreError(f"cannot open the store {self.shown_url}: {exc}") from exc
         kwargs: dict[str, Any] = {"echo": self._echo}
         if self.dialect == "sqlite":
             kwargs["connect_args"] = {"timeout": 30}
         try:
             engine = create_async_engine(self.url, **kwargs)
         except Exception as exc:  # e.g. the driver for this URL is not installed
-            raise StoreError(f"cannot open the store {shown}: {exc}") from exc
+            raise StoreError(f"cannot open the store {self.shown_url}: {exc}") from exc
         if self.dialect == "sqlite":
             _install_sqlite_hooks(engine)
-        self._engine = engine
         try:
-            try:
-                async with engine.begin() as conn:
-                    if self.dialect == "postgresql":
-                        # One replica migrates; the others wait here until it commits.
-                        await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-                    await conn.run_sync(metadata.create_all)
-            except Exception as exc:
-                raise StoreError(f"cannot open the store {shown}: {exc}") from exc
-            yield self
+            yield engine
         finally:
-            self._engine = None
             await engine.dispose()
+
+    @asynccontextmanager
+    async def open(self) -> AsyncIterator[Store]:
+        """Connect and bring the schema to head (see the module docstring); closed on exit."""
+        async with self._connected() as engine:
+            self._engine = engine
+            try:
+                await self._migrate(engine)
+                yield self
+            finally:
+                self._engine = None
+
+    async def upgrade(self) -> tuple[str | None, str]:
+        """Bring the schema to head and close (`manifold db upgrade`); returns (revision before, head)."""
+        async with self._connected() as engine:
+            return await self._migrate(engine)
+
+    async def _migrate(self, engine: AsyncEngine) -> tuple[str | None, str]:
+        """Upgrade to head in one transaction; on PostgreSQL under the advisory lock.
+
+        On SQLite foreign keys are off while it runs (the pragma cannot change
+        inside a transaction): a batch migration recreates a table by copy, drop
+        and rename, and dropping `mcp_servers` with them on would cascade-delete
+        every tool. They are checked before the commit instead.
+        """
+        try:
+            async with engine.connect() as conn:
+                if self.dialect != "sqlite":
+                    before, head = await self._upgrade_in(conn)
+                else:
+                    await conn.run_sync(_sqlite_foreign_keys, False)
+                    try:
+                        before, head = await self._upgrade_in(conn)
+                    finally:
+                        await conn.run_sync(_sqlite_foreign_keys, True)
+        except migrations.SchemaTooNew as exc:
+            raise StoreError(
+                f"the database at {self.shown_url} is at schema revision {exc.revision}, newer than this "
+                f"Manifold knows (head {exc.head}): upgrade Manifold"
+            ) from None
+        except Exception as exc:
+            raise StoreError(f"cannot open the store {self.shown_url}: {exc}") from exc
+        if before != head:
+            log.info("store schema upgraded", store=self.shown_url, revision=head, previous=before)
+        return before, head
+
+    async def _upgrade_in(self, conn: AsyncConnection) -> tuple[str | None, str]:
+        """One transaction: the lock (PostgreSQL), the migrations, the foreign key check (SQLite)."""
+        async with conn.begin():
+            if self.dialect == "postgresql":
+                # One replica migrates; the others wait here until it commits.
+                await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
+            before, head = await conn.run_sync(migrations.upgrade)
+            if self.dialect == "sqlite":
+                broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).first()
+                if broken is not None:
+                    raise StoreError(f"the migration to {head} leaves rows of {broken[0]} with no parent")
+        return before, head
+
+    async def revision(self) -> tuple[str | None, str]:
+        """(the database's schema revision or None if it has none, this Manifold's head); changes nothing."""
+        path = default_sqlite_path(self.url)
+        if path is not None and not path.exists():
+            return None, migrations.head()
+        async with self._connected() as engine:
+            try:
+                async with engine.connect() as conn:
+                    current = await conn.run_sync(migrations.current)
+            except Exception as exc:
+                raise StoreError(f"cannot open the store {self.shown_url}: {exc}") from exc
+        return current, migrations.head()
 
     # --- change events between processes (PostgreSQL) ----------------------------
 
