@@ -141,10 +141,10 @@ async def test_demo_over_stdio_lists_everything_and_computes() -> None:
         assert "abc" in prompt.messages[0].content.text  # type: ignore[union-attr]
 
         resources = (await session.list_resources()).resources
-        assert [str(r.uri) for r in resources] == ["demo://readme"]
+        assert [str(r.uri) for r in resources] == ["demo://demo/readme"]
         templates = (await session.list_resource_templates()).resource_templates
-        assert [t.uri_template for t in templates] == ["demo://greeting/{name}"]
-        greeting = await session.read_resource("demo://greeting/Ada")
+        assert [t.uri_template for t in templates] == ["demo://demo/greeting/{name}"]
+        greeting = await session.read_resource("demo://demo/greeting/Ada")
         assert greeting.contents[0].text == "Hello, Ada!"  # type: ignore[union-attr]
 
 

@@ -39,7 +39,8 @@ README = """\
 A tiny MCP server bundled with Manifold so the example configuration works offline.
 
 Tools: echo, add, word_count, slugify, countdown.
-Prompt: summarize. Resources: demo://readme and the template demo://greeting/{name}.
+Prompt: summarize. Resources: demo://NAME/readme and the template demo://NAME/greeting/{name}, under
+the server's --name, so two copies behind one gateway do not clash.
 """
 
 log = logging.getLogger("manifold.demo")
@@ -97,13 +98,13 @@ def build_server(name: str = DEFAULT_NAME, *, log_level: str = "WARNING") -> MCP
         return f"Summarize the following text. Style: {style}.\n\n{text}"
 
     @mcp.resource(
-        "demo://readme", name="readme", description="About this demo server.", mime_type="text/markdown"
+        f"demo://{name}/readme", name="readme", description="About this demo server.", mime_type="text/markdown"
     )
     def readme() -> str:
         return README
 
     @mcp.resource(
-        "demo://greeting/{name}", name="greeting", description="A greeting for name.", mime_type="text/plain"
+        f"demo://{name}/greeting/{{name}}", name="greeting", description="A greeting for name.", mime_type="text/plain"
     )
     def greeting(name: str) -> str:
         return f"Hello, {name}!"
