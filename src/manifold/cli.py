@@ -6,6 +6,8 @@ import json
 import os
 import socket
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -81,11 +83,11 @@ def serve(
     setup_tracing()
 
     gateway = Gateway(config, reload=config.path is not None, watch=watch)
-    registry = _registry(gateway, db)
     try:
-        if transport == "stdio":
-            anyio.run(_serve_stdio, gateway, registry, backend_options=_loop_options())
+        if transport == "stdio":  # the store is opened once the face has answered
+            anyio.run(_serve_stdio, gateway, partial(_registry, gateway, db), backend_options=_loop_options())
         else:
+            registry = _registry(gateway, db)
             anyio.run(
                 _serve_http, gateway, host, port, registry, _api_settings(api_token_file), backend_options=_loop_options()
             )
@@ -115,21 +117,48 @@ def _api_settings(api_token_file: str | None) -> Any:
     return ApiSettings(token=token, show_secrets=show)
 
 
-async def _serve_stdio(gateway: Any, registry: Any = None) -> None:
-    from contextlib import nullcontext
+FIRST_ANSWER_WAIT = 0.5  # s: at most this long the upstreams wait for the stdio face's first answer
+
+
+async def _serve_stdio(gateway: Any, make_registry: Callable[[], Any] | None = None) -> None:
+    from contextlib import AsyncExitStack
 
     from manifold.faces.mcp import McpFace
     from manifold.faces.stdio import serve_stdio
 
     face = McpFace(gateway)
-    managed = registry.running() if registry is not None else nullcontext()
-    async with gateway.running(), managed, anyio.create_task_group() as tg:
-        tg.start_soon(face.run_notifier)
-        tg.start_soon(_stop_on_signal, tg.cancel_scope)
-        # A cancellable stdin: SIGINT/SIGTERM shut down in order (upstreams stopped), no hang.
-        # Hot tools/call frames take the lean path (faces/stdio.py); the rest the SDK's server.
-        async with serve_stdio(face) as (read, write, _):
+    finished = anyio.Event()
+
+    async def serve_face(read: Any, write: Any) -> None:
+        try:
             await face.server.run(read, write, face.initialization_options())
+        finally:
+            finished.set()
+
+    async def until_finished(scope: anyio.CancelScope) -> None:
+        await finished.wait()
+        scope.cancel()
+
+    # Hot tools/call frames take the lean path (faces/stdio.py); the rest the SDK's server.
+    async with serve_stdio(face) as (read, write, stdio), anyio.create_task_group() as tg:
+        tg.start_soon(face.run_notifier)
+        async with AsyncExitStack() as running:
+            # The face first: `initialize` is answered before the store is opened and the
+            # upstreams are spawned (twenty starting servers take the CPU for seconds, and every
+            # spawn holds the event loop). Calls and lists meanwhile wait for the servers, as for
+            # any server still starting; servers join the catalogue with list_changed.
+            with gateway.adding_servers():
+                tg.start_soon(serve_face, read, write)
+                with anyio.move_on_after(FIRST_ANSWER_WAIT):  # a client that says nothing at first
+                    await stdio.answered.wait()
+                registry = make_registry() if make_registry is not None else None
+                await running.enter_async_context(gateway.running())
+                if registry is not None:
+                    await running.enter_async_context(registry.running())
+            # Until stdin ends or SIGINT/SIGTERM; then the upstreams are stopped in order, no hang.
+            async with anyio.create_task_group() as waiting:
+                waiting.start_soon(until_finished, waiting.cancel_scope)
+                waiting.start_soon(_stop_on_signal, waiting.cancel_scope)
         tg.cancel_scope.cancel()
 
 

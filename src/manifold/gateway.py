@@ -8,8 +8,8 @@ listeners when the catalogue changes. It does no wire framing of its own.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from functools import partial
 from typing import Any, Protocol
 
@@ -27,6 +27,8 @@ from manifold.search import Hit, SearchIndex, build_index
 from manifold.upstream.connection import ProgressFn, State, Upstream
 
 log = structlog.get_logger("manifold.gateway")
+
+ADDING_SERVERS_WAIT = 30.0  # how long a call waits for the servers to be added (the store opened)
 
 ChangeListener = Callable[[Catalog, Catalog], None]
 
@@ -80,6 +82,8 @@ class Gateway:
         self._done: dict[str, anyio.Event] = {}
         self._tg: TaskGroup | None = None
         self._state_changed = anyio.Event()
+        self._servers_added = anyio.Event()
+        self._servers_added.set()
         self.bridge: ClientBridge | None = None
         self.listing_cache: ListingCache | None = None
         self.metrics = Metrics()
@@ -106,13 +110,30 @@ class Gateway:
                 tg.cancel_scope.cancel()
                 self._tg = None
 
+    @contextmanager
+    def adding_servers(self) -> Iterator[None]:
+        """While the body runs, servers are still being added: a call that finds no route waits.
+
+        Lets a face answer `initialize` before the servers are even added (the
+        stdio face does, so start-up work never delays it), without a first call
+        failing as unknown meanwhile.
+        """
+        self._servers_added = anyio.Event()
+        try:
+            yield
+        finally:
+            self._servers_added.set()
+            self._state_changed.set()
+
     async def wait_settled(self, timeout: float | None = None) -> None:
-        """Wait until no server is still on its first connection attempt.
+        """Wait until every server is added and none is still on its first connection attempt.
 
         Bounded by the slowest server's connect timeout, so a dead server
         delays nobody for longer than its own limit.
         """
-
+        if not self._servers_added.is_set():
+            with anyio.move_on_after(timeout if timeout is not None else ADDING_SERVERS_WAIT):
+                await self._servers_added.wait()
         limit = timeout if timeout is not None else max((u.config.connect_timeout for u in self.upstreams.values()), default=0) + 1
         with anyio.move_on_after(limit):
             while self._starting():
@@ -120,7 +141,7 @@ class Gateway:
                 await self._state_changed.wait()
 
     def _starting(self) -> bool:
-        return any(u.state == State.CONNECTING and u.connects == 0 and u.restarts == 0 for u in self.upstreams.values())
+        return not self._servers_added.is_set() or any(u.state == State.CONNECTING and u.connects == 0 and u.restarts == 0 for u in self.upstreams.values())
 
     def add_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Call `listener(old, new)` whenever the catalogue changes; returns an unsubscribe."""

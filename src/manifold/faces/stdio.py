@@ -217,6 +217,7 @@ class StdioFace:
         self._connection: Any = None
         self._session: _LeanSession | None = None
         self._busy = anyio.Event()
+        self.answered = anyio.Event()  # the first frame is out (the answer to `initialize`)
         self.lean_calls = 0  # how many calls took the lean path (tests and the bench read it)
 
     # --- the two SDK streams ------------------------------------------------------
@@ -239,6 +240,7 @@ class StdioFace:
                 data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
                 self.writer.write(data.encode() + b"\n")
                 await self.writer.drain()
+                self.answered.set()
 
     # --- the lean path ----------------------------------------------------------------
 
