@@ -353,6 +353,11 @@ class Catalog:
     def route_tool(self, exposed_name: str) -> Route | None:
         return self._tools.routes.get(exposed_name)
 
+    def server_of_tool(self, exposed_name: str) -> str:
+        """The server behind an exposed tool name ("" for none): what search results name."""
+        route = self._tools.routes.get(exposed_name)
+        return route.server if route else ""
+
     def route_prompt(self, exposed_name: str) -> Route | None:
         return self._prompts.routes.get(exposed_name)
 

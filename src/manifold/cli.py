@@ -87,10 +87,8 @@ def serve(
         if transport == "stdio":  # the store is opened once the face has answered
             anyio.run(_serve_stdio, gateway, partial(_registry, gateway, db), backend_options=_loop_options())
         else:
-            registry = _registry(gateway, db)
-            anyio.run(
-                _serve_http, gateway, host, port, registry, _api_settings(api_token_file), backend_options=_loop_options()
-            )
+            registry, api = _registry(gateway, db), _api_settings(api_token_file)
+            anyio.run(_serve_http, gateway, host, port, registry, api, backend_options=_loop_options())
     except KeyboardInterrupt:
         pass
 
@@ -324,19 +322,16 @@ def tools(
 
         async def work(gateway: Any) -> list[dict[str, Any]]:
             catalog = gateway.catalog
-
-            def server_of(name: str) -> str:
-                route = catalog.route_tool(name)
-                return route.server if route else ""
-
             if query is None:
                 return [
-                    {"name": t["name"], "server": server_of(t["name"]), "description": t.get("description") or ""}
+                    {
+                        "name": t["name"],
+                        "server": catalog.server_of_tool(t["name"]),
+                        "description": t.get("description") or "",
+                    }
                     for t in catalog.tools
                 ]
-            from manifold.search import build_index
-
-            hits = build_index(catalog.tools, server_of, ranker).search(query, limit)
+            hits = gateway.search_index(ranker).search(query, limit)
             return [{"name": h.name, "server": h.server, "description": h.description, "score": h.score} for h in hits]
 
         rows = anyio.run(_with_gateway, config, work)
@@ -423,6 +418,19 @@ _DB_URL = click.option(
 )
 
 
+def _on_store(url: str | None, action: str) -> tuple[Any, Any]:
+    """(the store at `url`, what its `action` coroutine returned); its error and exit 1 if it fails."""
+    from manifold.store import Store, StoreError
+
+    setup_logging("warning")
+    store = Store(url or default_db_url())
+    try:
+        return store, anyio.run(getattr(store, action))
+    except StoreError as exc:
+        click.echo(f"manifold: {exc}", err=True)
+        sys.exit(1)
+
+
 @db.command("upgrade")
 @_DB_URL
 def db_upgrade(url: str | None) -> None:
@@ -430,15 +438,7 @@ def db_upgrade(url: str | None) -> None:
 
     What `serve` does on start, for operators who migrate before a rolling deploy. Exit 1 if it cannot.
     """
-    from manifold.store import Store, StoreError
-
-    setup_logging("warning")
-    store = Store(url or default_db_url())
-    try:
-        before, head = anyio.run(store.upgrade)
-    except StoreError as exc:
-        click.echo(f"manifold: {exc}", err=True)
-        sys.exit(1)
+    store, (before, head) = _on_store(url, "upgrade")
     if before == head:
         click.echo(f"{store.shown_url}: at revision {head} (head), nothing to do")
     else:
@@ -453,15 +453,8 @@ def db_current(url: str | None) -> None:
     Changes nothing. Exit 1 if the store is newer than this Manifold knows.
     """
     from manifold import migrations
-    from manifold.store import Store, StoreError
 
-    setup_logging("warning")
-    store = Store(url or default_db_url())
-    try:
-        current, head = anyio.run(store.revision)
-    except StoreError as exc:
-        click.echo(f"manifold: {exc}", err=True)
-        sys.exit(1)
+    store, (current, head) = _on_store(url, "revision")
     if current == head:
         click.echo(f"{store.shown_url}: at revision {head} (head)")
     elif current is None:

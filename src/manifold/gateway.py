@@ -141,7 +141,9 @@ class Gateway:
                 await self._state_changed.wait()
 
     def _starting(self) -> bool:
-        return not self._servers_added.is_set() or any(u.state == State.CONNECTING and u.connects == 0 and u.restarts == 0 for u in self.upstreams.values())
+        if not self._servers_added.is_set():
+            return True
+        return any(u.state == State.CONNECTING and u.connects == 0 and u.restarts == 0 for u in self.upstreams.values())
 
     def add_listener(self, listener: ChangeListener) -> Callable[[], None]:
         """Call `listener(old, new)` whenever the catalogue changes; returns an unsubscribe."""
@@ -305,17 +307,12 @@ class Gateway:
         for listener in list(self._listeners):
             listener(old, self.catalog)
 
-    def search_index(self) -> SearchIndex:
-        """The catalogue's search index with the configured ranker, rebuilt after a catalogue change."""
-        catalog, ranker = self.catalog, self.settings.search_ranker
+    def search_index(self, ranker: str | None = None) -> SearchIndex:
+        """The catalogue's search index (the configured ranker unless told), rebuilt after a change."""
+        catalog, ranker = self.catalog, ranker or self.settings.search_ranker
         cached = self._index
         if cached is None or cached[0] is not catalog or cached[1] != ranker:
-
-            def server_of(name: str) -> str:
-                route = catalog.route_tool(name)
-                return route.server if route else ""
-
-            cached = self._index = (catalog, ranker, build_index(catalog.tools, server_of, ranker))
+            cached = self._index = (catalog, ranker, build_index(catalog.tools, catalog.server_of_tool, ranker))
         return cached[2]
 
     async def search_tools(self, query: str, limit: int = 10) -> list[Hit]:
