@@ -21,7 +21,7 @@ def test_wheel_installs_and_reports_its_version(tmp_path: Path) -> None:
     with zipfile.ZipFile(wheel) as archive:
         names = archive.namelist()
         entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-        assert "manifold = manifold.cli:main" in archive.read(entry_points).decode()
+        assert "manifold = manifold.early:main" in archive.read(entry_points).decode()
     assert "manifold/demo/server.py" in names  # the example config's upstream ships inside
     assert "manifold/migrations/versions/0001_servers_and_tools.py" in names  # read from disk at run time
     target = tmp_path / "site"

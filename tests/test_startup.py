@@ -1,5 +1,7 @@
 """Start-up of the stdio face: `initialize` is answered before the store is opened and the
-upstreams are started, and a call made meanwhile waits for its server instead of failing.
+upstreams are started, and a call made meanwhile waits for its server instead of failing;
+a well-formed first `initialize` is answered before the SDK is even imported, with the answer
+the SDK would give.
 
 The store is held back for real: the test takes PostgreSQL's migration lock, so the gateway
 queues on it while opening its store (seen in `pg_locks`), exactly as a replica waits while
@@ -9,6 +11,7 @@ another one migrates.
 from __future__ import annotations
 
 import json
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +21,11 @@ from mcp.client.session import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
-from support import FIXTURE, PYTHON, subprocess_env
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERSION
+from support import FIXTURE, PYTHON, stop_process, subprocess_env
 from test_migrations import waiting_for_lock
 
+from manifold import early
 from manifold.store import MIGRATION_LOCK
 
 pytestmark = pytest.mark.anyio
@@ -70,3 +75,57 @@ async def test_initialize_is_answered_while_the_store_is_held_and_a_first_call_w
                     await lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK})
     finally:
         await holder.dispose()
+
+
+def _exchange(config: Path, lines: list[dict[str, Any]], answers: int) -> list[dict[str, Any]]:
+    """Write `lines` to a stdio gateway at once; read `answers` frames back (then close stdin)."""
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "manifold", "serve", "--config", str(config), "--no-watch"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=subprocess_env({"XDG_DATA_HOME": str(config.parent)}),
+    )
+    assert proc.stdin is not None and proc.stdout is not None
+    try:
+        proc.stdin.write(b"".join(json.dumps(line).encode() + b"\n" for line in lines))
+        proc.stdin.flush()
+        got = [json.loads(proc.stdout.readline()) for _ in range(answers)]
+        proc.stdin.close()
+        assert proc.wait(30) == 0
+        assert proc.stdout.read() == b""  # nothing more: in particular no second answer to initialize
+        return got
+    finally:
+        stop_process(proc)
+
+
+def _initialize(request_id: int, version: str) -> dict[str, Any]:
+    params = {"protocolVersion": version, "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}
+    return {"jsonrpc": "2.0", "id": request_id, "method": "initialize", "params": params}
+
+
+@pytest.mark.parametrize("version", [*HANDSHAKE_PROTOCOL_VERSIONS, "1999-01-01"])
+def test_the_early_initialize_answer_is_the_sdks_answer(tmp_path: Path, version: str) -> None:
+    """manifold/early.py answers `initialize` before the SDK is imported; the SDK answers it when
+    something else comes first. Both answers must be the same, for every handshake version."""
+    assert early.HANDSHAKE_VERSIONS == HANDSHAKE_PROTOCOL_VERSIONS
+    assert early.HANDSHAKE_VERSIONS[-1] == LATEST_HANDSHAKE_VERSION
+    config = tmp_path / "manifold.json"
+    config.write_text(json.dumps({"mcp_servers": {}}))
+    ping = {"jsonrpc": "2.0", "id": 0, "method": "ping"}
+    initialized = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+    first, then_ping = _exchange(config, [_initialize(1, version), initialized, ping], answers=2)
+    assert then_ping == {"jsonrpc": "2.0", "id": 0, "result": {}}
+    # A ping first: the early thread leaves the session to the SDK, which answers initialize itself.
+    sdk = _exchange(config, [ping, _initialize(1, version), initialized, ping], answers=3)
+    assert first == sdk[1]
+    assert first["result"]["protocolVersion"] == (version if version in HANDSHAKE_PROTOCOL_VERSIONS else LATEST_HANDSHAKE_VERSION)
+
+
+def test_a_malformed_first_line_is_left_to_the_sdk(tmp_path: Path) -> None:
+    config = tmp_path / "manifold.json"
+    config.write_text(json.dumps({"mcp_servers": {}}))
+    bad = _initialize(1, "2025-11-25")
+    del bad["params"]["clientInfo"]
+    (answer,) = _exchange(config, [bad], answers=1)
+    assert answer["id"] == 1 and "error" in answer

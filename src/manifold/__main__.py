@@ -1,3 +1,3 @@
-from manifold.cli import main
+from manifold.early import main
 
 main()

@@ -61,6 +61,13 @@ class Metrics:
             registry=self.registry,
         )
 
+        self.lean_calls = Counter(
+            "manifold_lean_tool_calls",
+            "Tool calls that took the lean forwarding path (no SDK session on either side), by face.",
+            ["face"],
+            registry=self.registry,
+        )
+
     def watch(self, gateway: Gateway, clients: Callable[[], int] = lambda: 0) -> None:
         self.registry.register(_GatewayCollector(gateway, clients))
 

@@ -22,6 +22,7 @@ from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from manifold import __version__
+from manifold.faces.lean_http import LeanHttp
 from manifold.faces.mcp import McpFace
 from manifold.faces.rest import ApiSettings, create_router
 from manifold.faces.sessions import SECRET_ENV, SessionTokens, SharedSessionManager
@@ -81,6 +82,7 @@ def create_app(
     security = security_settings(host)
     tokens, shared_secret = SessionTokens.from_env()
     sessions = SharedSessionManager(app=face.server, security_settings=security, tokens=tokens)
+    sessions.lean = LeanHttp(gateway)
     if registry is not None and registry.store.shared:
         sessions.relay = registry.publish_message
         registry.add_message_listener(sessions.deliver)

@@ -36,7 +36,12 @@ from anyio.abc import TaskStatus
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.runner import serve_connection
-from mcp.server.streamable_http import GET_STREAM_KEY, MCP_SESSION_ID_HEADER, StreamableHTTPServerTransport
+from mcp.server.streamable_http import (
+    GET_STREAM_KEY,
+    MCP_SESSION_ID_HEADER,
+    StreamableHTTPServerTransport,
+    check_accept_headers,
+)
 from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecurityMiddleware
 from mcp.shared.jsonrpc_dispatcher import JSONRPCDispatcher, coerce_request_id
@@ -46,6 +51,9 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, LATEST_HANDSHAKE_VERS
 from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
+
+from manifold.faces import lean
+from manifold.faces.lean_http import LeanHttp
 
 log = structlog.get_logger("manifold.sessions")
 
@@ -164,6 +172,8 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         self.relay: Callable[[dict[str, Any]], Awaitable[None]] | None = None
         self._dispatchers: dict[str, JSONRPCDispatcher[Any]] = {}
         self._writers: dict[str, Any] = {}
+        self._connections: dict[str, Connection] = {}
+        self.lean: LeanHttp | None = None
         self._security = TransportSecurityMiddleware(self.security_settings)
 
     def _has_stream(self, session_id: str) -> bool:
@@ -268,7 +278,26 @@ class SharedSessionManager(StreamableHTTPSessionManager):
             body, receive = await _buffer_body(receive)
             if await self._relayed(session_id, scope, body, send):
                 return
+            if (lean.HOT in body or lean.CANCEL in body) and await self._lean(session_id, scope, body, send):
+                return
         await super()._handle_stateful_request(scope, receive, send)
+
+    async def _lean(self, session_id: str, scope: Scope, body: bytes, send: Send) -> bool:
+        """Hand a plain tools/call (or its cancellation) to the lean path, if the SDK would take it."""
+        connection = self._connections.get(session_id)
+        transport = self._server_instances[session_id]
+        if self.lean is None or connection is None or transport.is_terminated:
+            return False
+        if _requestor(scope) != self._session_owners.get(session_id):
+            return False
+        request = Request(scope)
+        if await self._security.validate_request(request, is_post=True) is not None:
+            return False
+        has_json, has_sse = check_accept_headers(request)
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not (has_json and (has_sse or self.json_response)) or content_type != "application/json":
+            return False
+        return await self.lean.handle(session_id, connection, body, send, get_stream=self._has_stream(session_id))
 
     async def _serve_opening_request(
         self, http_transport: StreamableHTTPServerTransport, scope: Scope, receive: Receive, send: Send
@@ -364,6 +393,7 @@ class SharedSessionManager(StreamableHTTPSessionManager):
                     connection.client_params = params
                     connection.protocol_version = version
                     connection.initialized.set()
+                self._connections[session_id] = connection
                 task_status.started()
                 idle_scope = transport.idle_scope or anyio.CancelScope()
                 with idle_scope:
@@ -377,6 +407,7 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         finally:
             self._dispatchers.pop(session_id, None)
             self._writers.pop(session_id, None)
+            self._connections.pop(session_id, None)
             await self._discard_session(session_id, transport)
 
 

@@ -17,11 +17,14 @@ import asyncio
 import os
 import stat
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import anyio.to_thread
 import sniffio
+
+if TYPE_CHECKING:
+    from manifold.early import EarlyAnswer
 
 _CHUNK = 65536
 
@@ -29,8 +32,10 @@ _CHUNK = 65536
 class StdinLines:
     """An async iterator of text lines (newline kept) from a file descriptor, stdin by default."""
 
-    def __init__(self, fd: int | None = None) -> None:
+    def __init__(self, fd: int | None = None, early: EarlyAnswer | None = None) -> None:
         self._fd = sys.stdin.fileno() if fd is None else fd
+        self._early = early  # the thread that read the first line (manifold/early.py) goes first
+        self._early_eof = False
         self._buffer = bytearray()
         self._eof = False
         self._pollable = not stat.S_ISREG(os.fstat(self._fd).st_mode)
@@ -89,6 +94,15 @@ class StdinLines:
             transport.close()
 
     async def _read(self) -> bytes:
+        if self._early is not None:
+            early, self._early = self._early, None
+            if not early.done.is_set():
+                await anyio.to_thread.run_sync(early.done.wait, abandon_on_cancel=True)
+            self._early_eof = early.eof
+            if early.read:
+                return early.read
+        if self._early_eof:
+            return b""
         if self._try_pipe:
             await self._open_pipe()
         if self._pipe is not None:

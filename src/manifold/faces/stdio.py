@@ -1,21 +1,12 @@
-"""The stdio face, with a lean forwarding path for tools/call.
+"""The stdio face, with the lean forwarding path for tools/call (faces/lean.py).
 
 The SDK's `stdio_server()` hops to a worker thread for every line it reads and
 writes, and every frame is parsed into models, dispatched and re-serialised.
 That is most of the gateway's cost per call. Here stdin is read on the event
-loop (`StdinLines`) and stdout written with non-blocking writes, and a
-tools/call for a tool of a ready stdio upstream skips the SDK: the request is
-re-encoded with the upstream's tool name and a request id of our own, written
-to the upstream's stdin, and the upstream's response line comes back with only
-its id replaced (upstream/stdio.py finds it by that id without parsing it).
-
-Everything else goes through the SDK's server as before: initialize,
-notifications, server-to-client requests, list and resource requests, and any
-tools/call that is not plain (a progress token, extra params, a tool the
-catalogue does not know yet, a 2026-07-28 client, tracing on). A lean call is
-still a caller (sampling, elicitation and roots during it reach this client),
-is cancelled upstream when the client cancels it, times out like any call,
-fails at once when its server goes away, and is counted in the metrics.
+loop (`StdinLines`) and stdout written with non-blocking writes; a plain
+tools/call goes the lean way, everything else (initialize, notifications,
+server-to-client requests, lists, resources, any unusual call) through the
+SDK's server as before.
 """
 
 from __future__ import annotations
@@ -23,10 +14,8 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import re
 import stat
 import sys
-import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
@@ -36,39 +25,23 @@ import anyio
 import mcp_types as types
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
-from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 import structlog
 
-from manifold import tracing
-from manifold.faces.disclosure import META_NAMES
+from manifold import early as manifold_early
+from manifold.early import EarlyAnswer
+from manifold.faces import lean
+from manifold.faces.lean import LeanCall
 from manifold.faces.stdin import StdinLines
 
 log = structlog.get_logger("manifold.stdio")
 
 if TYPE_CHECKING:
     from manifold.faces.mcp import McpFace
-    from manifold.upstream.connection import Upstream
 
-_HOT = b'"tools/call"'
-_CANCEL = b'"notifications/cancelled"'
-_IS_ERROR = re.compile(rb'"isError"\s*:\s*true')
-_PLAIN_PARAMS = frozenset({"name", "arguments", "_meta"})
 _SWEEP = 0.1  # how often deadlines of lean calls are checked while any is in flight
 _HIGH_WATER = 1 << 20  # the SDK's writer waits when this much output is still unsent
-_ENVELOPE_KEYS = frozenset(
-    {
-        types.PROTOCOL_VERSION_META_KEY,
-        types.CLIENT_INFO_META_KEY,
-        types.CLIENT_CAPABILITIES_META_KEY,
-        types.LOG_LEVEL_META_KEY,
-    }
-)
-
-
-def _dumps(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
 
 
 class FrameWriter:
@@ -152,63 +125,10 @@ class _LeanSession:
             await self._connection.log(level, data, logger)
 
 
-class LeanCall:
-    """One tools/call on the lean path: the client's id, the upstream's, and the way back."""
-
-    __slots__ = ("face", "request_id", "id_json", "upstream", "channel", "tool", "session", "uid", "started", "deadline")
-
-    def __init__(self, face: StdioFace, request_id: int | str, upstream: Upstream, channel: Any, tool: str, session: Any) -> None:
-        self.face = face
-        self.request_id = request_id
-        self.id_json = json.dumps(request_id).encode()
-        self.upstream = upstream
-        self.channel = channel
-        self.tool = tool
-        self.session = session
-        self.uid = 0
-        self.started = time.perf_counter()
-        self.deadline = anyio.current_time() + upstream.config.timeout
-
-    # Called by the upstream's stdout reader (upstream/stdio.py RawCall).
-
-    def answered(self, line: bytes, id_span: tuple[int, int], is_error: bool) -> None:
-        if is_error:
-            with suppress(ValueError, AttributeError, TypeError):
-                self._error(json.loads(line)["error"])
-                return
-            self._error({"code": types.INTERNAL_ERROR, "message": "the server sent an unreadable error"})
-            return
-        start, end = id_span
-        frame = b"".join((line[:start], self.id_json, line[end:], b"\n"))
-        self.face.finish(self, frame, "error" if _IS_ERROR.search(line) else "ok")
-
-    def answered_message(self, message: Any) -> None:
-        if isinstance(message, types.JSONRPCError):
-            self._error(message.error.model_dump(by_alias=True, exclude_none=True))
-            return
-        result = message.result
-        frame = _dumps({"jsonrpc": "2.0", "id": self.request_id, "result": result})
-        self.face.finish(self, frame, "error" if isinstance(result, dict) and result.get("isError") else "ok")
-
-    def lost(self) -> None:
-        self.upstream.connection_lost()
-        self.fail(CONNECTION_CLOSED, f"server '{self.upstream.name}': connection lost during tools/call")
-
-    def _error(self, error: dict[str, Any]) -> None:
-        message = f"server '{self.upstream.name}': {error.get('message', '')}"
-        self.fail(error.get("code", types.INTERNAL_ERROR), message, error.get("data"))
-
-    def fail(self, code: int, message: str, data: Any = None) -> None:
-        error: dict[str, Any] = {"code": code, "message": message}
-        if data is not None:
-            error["data"] = data
-        self.face.finish(self, _dumps({"jsonrpc": "2.0", "id": self.request_id, "error": error}), "failed")
-
-
 class StdioFace:
     """Serves one client on stdin/stdout: lean tools/call here, everything else through the SDK."""
 
-    def __init__(self, face: McpFace, stdin: StdinLines, writer: FrameWriter) -> None:
+    def __init__(self, face: McpFace, stdin: StdinLines, writer: FrameWriter, early: EarlyAnswer | None = None) -> None:
         self.face = face
         self.gateway = face.gateway
         self.stdin = stdin
@@ -218,6 +138,7 @@ class StdioFace:
         self._session: _LeanSession | None = None
         self._busy = anyio.Event()
         self.answered = anyio.Event()  # the first frame is out (the answer to `initialize`)
+        self.early = early
         self.lean_calls = 0  # how many calls took the lean path (tests and the bench read it)
 
     # --- the two SDK streams ------------------------------------------------------
@@ -225,7 +146,7 @@ class StdioFace:
     async def read(self, sink: Any) -> None:
         async with sink:
             while (line := await self.stdin.read_line()) is not None:
-                if (_HOT in line or _CANCEL in line) and await self._lean(line):
+                if (lean.HOT in line or lean.CANCEL in line) and await self._lean(line):
                     continue
                 try:
                     message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
@@ -237,10 +158,25 @@ class StdioFace:
     async def write(self, source: Any) -> None:
         async with source:
             async for message in source:
+                if self._answered_early(message.message):
+                    continue
                 data = message.message.model_dump_json(by_alias=True, exclude_unset=True)
                 self.writer.write(data.encode() + b"\n")
                 await self.writer.drain()
                 self.answered.set()
+
+    def _answered_early(self, message: Any) -> bool:
+        """The SDK's answer to the `initialize` manifold/early.py already answered: not sent twice."""
+        early = self.early
+        if early is None or early.result is None or not isinstance(message, types.JSONRPCResponse):
+            return False
+        if message.id != early.answered_id:
+            return False
+        self.early = None
+        self.answered.set()
+        if message.result != early.result:
+            log.warning("the early initialize answer differs from the SDK's", early=early.result, sdk=message.result)
+        return True
 
     # --- the lean path ----------------------------------------------------------------
 
@@ -268,8 +204,6 @@ class StdioFace:
         return False
 
     async def _call(self, frame: dict[str, Any]) -> bool:
-        if tracing.enabled:
-            return False
         connection = self._client()
         if (
             connection is None
@@ -278,53 +212,20 @@ class StdioFace:
         ):
             return False
         request_id = frame.get("id")
-        params = frame.get("params")
-        if (
-            isinstance(request_id, bool)
-            or not isinstance(request_id, int | str)
-            or request_id in self.calls
-            or not isinstance(params, dict)
-            or not params.keys() <= _PLAIN_PARAMS
-        ):
+        if isinstance(request_id, bool) or not isinstance(request_id, int | str) or request_id in self.calls:
             return False
-        name = params.get("name")
-        arguments = params.get("arguments") or {}
-        meta = params.get("_meta")
-        if not isinstance(name, str) or name in META_NAMES or not isinstance(arguments, dict):
-            return False
-        if meta is not None:
-            if not isinstance(meta, dict) or "progressToken" in meta:
-                return False  # progress is mapped by the SDK's session: the full path
-            meta = {key: value for key, value in meta.items() if key not in _ENVELOPE_KEYS}
-        route = self.gateway.catalog.route_tool(name)
+        route = lean.plan(self.gateway, frame.get("params"))
         if route is None:
-            return False  # the full path waits for servers still starting, and has the error
-        upstream = self.gateway.upstreams.get(route.server)
-        channel = upstream.raw_channel if upstream is not None else None
-        if upstream is None or channel is None:
             return False
-        tool = route.name
-        shaping = upstream.config.tools
-        if shaping is not None and shaping.rename:
-            tool = {new: old for old, new in shaping.rename.items()}.get(tool, tool)
-        call = LeanCall(self, request_id, upstream, channel, tool, self._session)
-        try:
-            call.uid = channel.start(call)
-        except anyio.BrokenResourceError:
+        call = lean.start(route, request_id, self._session, self.finish)
+        if call is None:
             return False
-        forwarded: dict[str, Any] = {"name": tool, "arguments": arguments}
-        if meta:
-            forwarded["_meta"] = meta
         if not self.calls:
             self._busy.set()
         self.calls[request_id] = call
-        upstream.callers.append(call)
         self.lean_calls += 1
-        try:
-            await channel.send(_dumps({"jsonrpc": "2.0", "id": call.uid, "method": "tools/call", "params": forwarded}))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            if channel.forget(call.uid) is not None:
-                call.lost()
+        self.gateway.metrics.lean_calls.labels("stdio").inc()
+        await lean.send(call, route.params)
         return True
 
     def finish(self, call: LeanCall, frame: bytes, outcome: str) -> None:
@@ -335,30 +236,16 @@ class StdioFace:
         self._done(call, outcome)
 
     def _done(self, call: LeanCall, outcome: str) -> None:
-        with suppress(ValueError):
-            call.upstream.callers.remove(call)
-        self.gateway.metrics.observe_call(call.upstream.name, call.tool, time.perf_counter() - call.started, outcome)
+        lean.done(self.gateway, call, outcome)
 
     async def _cancelled(self, frame: dict[str, Any]) -> bool:
-        params = frame.get("params")
-        request_id = params.get("requestId") if isinstance(params, dict) else None
-        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
-            return False
-        call = self.calls.pop(request_id, None)
+        request_id = lean.cancelled_id(frame)
+        call = self.calls.pop(request_id, None) if request_id is not None else None
         if call is None:
             return False  # not ours: the SDK cancels its own requests
         self._done(call, "failed")
-        await self._cancel_upstream(call, params.get("reason"))
+        await lean.cancel_upstream(call, frame["params"].get("reason"))
         return True
-
-    async def _cancel_upstream(self, call: LeanCall, reason: Any) -> None:
-        if call.channel.forget(call.uid) is None:
-            return  # already answered or the connection is gone
-        notice: dict[str, Any] = {"requestId": call.uid}
-        if isinstance(reason, str):
-            notice["reason"] = reason
-        with suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
-            await call.channel.send(_dumps({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": notice}))
 
     async def sweep(self) -> None:
         """Fail lean calls past their server's timeout, as the SDK's session would."""
@@ -369,9 +256,7 @@ class StdioFace:
             await anyio.sleep(_SWEEP)
             now = anyio.current_time()
             for call in [c for c in self.calls.values() if c.deadline <= now]:
-                limit = call.upstream.config.timeout
-                call.fail(REQUEST_TIMEOUT, f"server '{call.upstream.name}' did not answer tools/call within {limit:g} s")
-                await self._cancel_upstream(call, "timed out")
+                await lean.time_out(call)
 
 
 def _claim_stdout() -> tuple[int, int | None]:
@@ -403,7 +288,8 @@ async def serve_stdio(face: McpFace, stdin: StdinLines | None = None) -> AsyncIt
     sys.stdout.flush()
     fd, private = _claim_stdout()
     writer = FrameWriter(fd)
-    stdio = StdioFace(face, stdin if stdin is not None else StdinLines(), writer)
+    early = manifold_early.current if stdin is None else None
+    stdio = StdioFace(face, stdin if stdin is not None else StdinLines(early=early), writer, early)
     read_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
     write_stream, write_reader = create_context_streams[SessionMessage](0)
     try:

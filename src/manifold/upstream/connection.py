@@ -33,6 +33,7 @@ from manifold import __version__
 from manifold.callers import CURRENT_CALLER
 from manifold.config import ServerConfig
 from manifold.logging import masker
+from manifold.upstream.lean_http import HttpChannel
 from manifold.upstream.report import TransportReport
 from manifold.upstream.transports import open_transport
 
@@ -348,6 +349,8 @@ class Upstream:
                 self.capabilities = init.capabilities.model_dump(by_alias=True, mode="json", exclude_none=True)
                 self.server_info = init.server_info.model_dump(by_alias=True, mode="json", exclude_none=True)
                 self._session = session
+                if isinstance(self.report.raw, HttpChannel):
+                    self.report.raw.on_notification = self._handle_message
                 try:
                     self.listing = await self._read_listing()
                     deadline.deadline = math.inf

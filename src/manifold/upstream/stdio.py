@@ -150,6 +150,9 @@ class RawCall(Protocol):
     def lost(self) -> None:
         """The connection ended before the response came."""
 
+    def failed(self, code: int, message: str, data: Any = None) -> None:
+        """The transport could not get a response (an HTTP error, a stream that ended early)."""
+
 
 class _StdioPipes:
     """The three pipe tasks of one server process and its shutdown sequence.
@@ -188,6 +191,13 @@ class _StdioPipes:
 
     def forget(self, request_id: int) -> RawCall | None:
         return self.raw_calls.pop(request_id, None)
+
+    async def call(self, request_id: int, frame: bytes) -> None:
+        """Send the frame of a call `start()` registered."""
+        await self.send(frame)
+
+    async def notify(self, frame: bytes) -> None:
+        await self.send(frame)
 
     async def send(self, frame: bytes) -> None:
         """Write one whole frame (newline included) to the server's stdin.

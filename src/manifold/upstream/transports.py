@@ -9,9 +9,14 @@ from typing import Any
 import anyio
 import httpx2
 from mcp.client.sse import sse_client
-from mcp.client.streamable_http import streamable_http_client
+from mcp.client.streamable_http import StreamableHTTPTransport
+from mcp.shared._context_streams import create_context_streams
+from mcp.shared.inbound import MCP_PROTOCOL_VERSION_HEADER
+from mcp.shared.message import SessionMessage
 
-from manifold.config import ServerConfig, SseServerConfig, StdioServerConfig
+from manifold.config import ServerConfig, SseServerConfig, StdioServerConfig, StreamableHttpServerConfig
+from manifold.upstream.http1 import Pool, proxied
+from manifold.upstream.lean_http import HttpChannel
 from manifold.upstream.report import TransportReport
 from manifold.upstream.stdio import open_stdio
 
@@ -117,14 +122,82 @@ async def open_transport(
             event_hooks={"response": [report.on_http_response, session_lost]},
         ) as client:
             try:
-                async with streamable_http_client(
-                    config.server_url, http_client=client, max_sse_event_size=MAX_SSE_EVENT_BYTES
-                ) as streams:
-                    holder.append(streams[0])
-                    yield streams
+                async with _streamable_http(config.server_url, client) as (read, write, transport, inject):
+                    holder.append(read)
+                    async with _lean_channel(config, transport, inject, holder, lost, report):
+                        yield read, write
             except Exception as exc:
                 if lost:  # the SDK trips over the stream we closed on purpose
                     raise ConnectionResetError("the server no longer knows our session") from exc
                 raise
             if lost:
                 raise ConnectionResetError("the server no longer knows our session")
+
+
+@asynccontextmanager
+async def _streamable_http(url: str, client: httpx2.AsyncClient) -> AsyncIterator[tuple[Any, Any, StreamableHTTPTransport, Any]]:
+    """The SDK's streamable-HTTP client transport, wired as `streamable_http_client` does,
+    with the two things the lean channel needs in reach: the transport (its session id and
+    protocol version) and the writer of the session's read stream."""
+    transport = StreamableHTTPTransport(url, max_sse_event_size=MAX_SSE_EVENT_BYTES)
+    read_writer, read_stream = create_context_streams[SessionMessage | Exception](0)
+    write_stream, write_reader = create_context_streams[SessionMessage](0)
+    async with read_writer, read_stream, write_stream, write_reader, anyio.create_task_group() as tg:
+
+        def start_get_stream() -> None:
+            tg.start_soon(transport.handle_get_stream, client, read_writer)
+
+        tg.start_soon(transport.post_writer, client, write_reader, read_writer, write_stream, start_get_stream, tg)
+        try:
+            yield read_stream, write_stream, transport, read_writer
+        finally:
+            if transport.session_id:
+                with anyio.CancelScope(shield=True), anyio.move_on_after(_DRAIN_SECONDS):
+                    await transport.terminate_session(client)
+            tg.cancel_scope.cancel()
+
+
+@asynccontextmanager
+async def _lean_channel(
+    config: StreamableHttpServerConfig,
+    transport: StreamableHTTPTransport,
+    inject: Any,
+    holder: list[Any],
+    lost: list[bool],
+    report: TransportReport,
+) -> AsyncIterator[None]:
+    """The lean path's channel for this connection, when the upstream is plain HTTP without a proxy."""
+    if not config.server_url.startswith("http://") or proxied(config.server_url):
+        yield
+        return
+
+    def session_headers() -> dict[str, str]:
+        headers = {}
+        if transport.session_id:
+            headers["mcp-session-id"] = transport.session_id
+        version = transport._protocol_version_header  # noqa: SLF001 - the version the session stamps
+        if version:
+            headers[MCP_PROTOCOL_VERSION_HEADER] = version
+        return headers
+
+    def session_lost() -> None:
+        if not lost:
+            report.log.warning("upstream forgot our session (HTTP 404); reconnecting")
+        lost.append(True)
+        holder[0].close()
+
+    pool = Pool(config.server_url, config.headers(), connect_timeout=config.connect_timeout)
+    channel = HttpChannel(
+        pool,
+        session_headers=session_headers,
+        deliver=inject.send,
+        session_lost=session_lost,
+        report=report,
+        max_event_bytes=MAX_SSE_EVENT_BYTES,
+    )
+    async with channel.running():
+        report.raw = channel
+        try:
+            yield
+        finally:
+            report.raw = None

@@ -1,0 +1,190 @@
+"""The HTTP face's lean path: a plain tools/call POST answered without the SDK's server.
+
+The SDK's streamable-HTTP server parses every POST into models, hands it to
+the session's dispatcher over memory streams, and answers on an SSE response
+(sse-starlette) fed by another task: several milliseconds of CPU per call
+here. For a plain tools/call in an established session (faces/lean.py says
+what plain is) the session manager hands the buffered body here instead: the
+call goes to the upstream's raw channel, and its answer goes back as the body
+of this POST — JSON when nothing else came first, else an SSE stream whose
+events are the log lines the upstream sent during the call, then the answer.
+
+What the SDK's transport checks first is checked here too (Host/Origin, the
+session's owner, Accept and Content-Type); a request that fails any check,
+or is not plain, takes the SDK's path and gets its answer or its error.
+Server-to-client requests during a lean call (sampling, elicitation, roots)
+go to the client on its GET stream, so a client that can be asked such
+things takes the lean path only while that stream is open.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import anyio
+from mcp.server.connection import Connection
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from starlette.types import Send
+
+from manifold.faces import lean
+from manifold.faces.lean import LeanCall
+
+if TYPE_CHECKING:
+    from manifold.gateway import Gateway
+
+class _Exchange:
+    """One lean call's way back to its POST: notifications first, then the answer."""
+
+    def __init__(self, connection: Connection) -> None:
+        self._connection = connection
+        self.send, self.receive = anyio.create_memory_object_stream[tuple[bytes, bool]](64)
+
+    # What the gateway's bridge asks of a caller (faces/mcp.py).
+
+    async def send_request(self, request: Any, result_type: Any = None, metadata: Any = None) -> Any:
+        return await self._connection.send_request(request)
+
+    async def send_log_message(self, level: Any, data: Any, logger: str | None = None, related_request_id: Any = None) -> None:
+        params: dict[str, Any] = {"level": level, "data": data}
+        if logger is not None:
+            params["logger"] = logger
+        frame = lean.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": params})
+        try:
+            self.send.send_nowait((frame, False))
+        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass  # a flood of log lines: the answer still gets through
+
+
+class LeanHttp:
+    """Lean tools/call for the streamable-HTTP face's sessions."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+        self.calls: dict[tuple[str, int | str], LeanCall] = {}
+
+    async def handle(self, session_id: str, connection: Connection, body: bytes, send: Send, *, get_stream: bool) -> bool:
+        """Serve this POST if it is a plain tools/call or cancels one; False to leave it to the SDK."""
+        try:
+            frame = json.loads(body)
+        except ValueError:
+            return False
+        if not isinstance(frame, dict) or frame.get("jsonrpc") != "2.0":
+            return False
+        method = frame.get("method")
+        if method == "tools/call":
+            return await self._call(session_id, connection, frame, send, get_stream)
+        if method == "notifications/cancelled":
+            return await self._cancelled(session_id, frame, send)
+        return False
+
+    async def _call(self, session_id: str, connection: Connection, frame: dict[str, Any], send: Send, get_stream: bool) -> bool:
+        if not connection.initialize_accepted or connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
+            return False
+        request_id = frame.get("id")
+        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+            return False
+        key = (session_id, request_id)
+        if key in self.calls or not (get_stream or _unaskable(connection)):
+            return False
+        route = lean.plan(self.gateway, frame.get("params"))
+        if route is None:
+            return False
+        exchange = _Exchange(connection)
+
+        def finish(call: LeanCall, answer: bytes, outcome: str) -> None:
+            if self.calls.get(key) is not call:
+                return
+            del self.calls[key]
+            lean.done(self.gateway, call, outcome)
+            exchange.send.send_nowait((answer, True))
+
+        call = lean.start(route, request_id, exchange, finish)
+        if call is None:
+            return False
+        self.calls[key] = call
+        self.gateway.metrics.lean_calls.labels("http").inc()
+        try:
+            await lean.send(call, route.params)
+            await self._respond(session_id, call, exchange, send)
+        finally:
+            if self.calls.get(key) is call:  # the server is shutting down under it
+                del self.calls[key]
+                lean.done(self.gateway, call, "failed")
+                with anyio.CancelScope(shield=True):
+                    await lean.cancel_upstream(call, "gateway shutting down")
+        return True
+
+    async def _respond(self, session_id: str, call: LeanCall, exchange: _Exchange, send: Send) -> None:
+        started = False
+        deadline = call.deadline
+        with exchange.receive:
+            while True:
+                with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
+                    try:
+                        frame, final = await exchange.receive.receive()
+                    except anyio.EndOfStream:  # cancelled by the client: no answer follows
+                        frame, final = b"", True
+                if waiting.cancelled_caught:
+                    deadline = math.inf
+                    await lean.time_out(call)
+                    continue
+                if final and not started:
+                    if frame:
+                        await _send(send, 200, "application/json", session_id, frame, more=False)
+                    else:
+                        await _send(send, 200, "text/event-stream", session_id, b"", more=False)
+                    return
+                if not started:
+                    await _send(send, 200, "text/event-stream", session_id, b"", more=True)
+                    started = True
+                event = b"event: message\r\ndata: " + frame.rstrip() + b"\r\n\r\n" if frame else b""
+                await _body(send, event, more=not final)
+                if final:
+                    return
+
+    async def _cancelled(self, session_id: str, frame: dict[str, Any], send: Send) -> bool:
+        request_id = lean.cancelled_id(frame)
+        call = self.calls.pop((session_id, request_id), None) if request_id is not None else None
+        if call is None:
+            return False  # not ours: the SDK cancels its own requests
+        lean.done(self.gateway, call, "failed")
+        call.session.send.close()  # the POST waiting for it ends without an answer
+        await _send(send, 202, None, session_id, b"", more=False)
+        await lean.cancel_upstream(call, frame["params"].get("reason"))
+        return True
+
+
+def _unaskable(connection: Connection) -> bool:
+    """The client declared none of what an upstream can ask of it during a call."""
+    params = connection.client_params
+    capabilities = params.capabilities if params is not None else None
+    if capabilities is None:
+        return True
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # roots is deprecated in 2026-07-28, alive before
+        return capabilities.sampling is None and capabilities.elicitation is None and capabilities.roots is None
+
+
+async def _send(send: Send, status: int, content_type: str | None, session_id: str, body: bytes, *, more: bool) -> None:
+    headers = [(b"mcp-session-id", session_id.encode("latin-1"))]
+    if content_type is not None:
+        headers.append((b"content-type", content_type.encode("latin-1")))
+    if content_type == "text/event-stream":
+        headers.append((b"cache-control", b"no-cache, no-transform"))
+    elif not more:
+        headers.append((b"content-length", str(len(body)).encode("latin-1")))
+    try:
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+    except OSError:
+        return  # the client is gone
+    await _body(send, body, more=more)
+
+
+async def _body(send: Send, body: bytes, *, more: bool) -> None:
+    try:
+        await send({"type": "http.response.body", "body": body, "more_body": more})
+    except OSError:
+        pass
