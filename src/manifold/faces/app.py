@@ -70,6 +70,22 @@ def server_health(gateway: Gateway) -> dict[str, Any]:
     return servers
 
 
+class _App(FastAPI):
+    """FastAPI, with `/mcp` handed to the MCP endpoint before routing and middleware.
+
+    Every MCP request is one of these; FastAPI's routing and middleware stack
+    cost more CPU per request than the lean tools/call path itself.
+    """
+
+    mcp_endpoint: Any = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/mcp" and self.mcp_endpoint is not None:
+            await self.mcp_endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     gateway: Gateway,
     *,
@@ -113,7 +129,7 @@ def create_app(
                 yield
             tg.cancel_scope.cancel()
 
-    app = FastAPI(
+    app = _App(
         title="Manifold",
         version=__version__,
         description="One MCP server in front of many; Letta-compatible management API under /v1/mcp-servers.",
@@ -139,7 +155,8 @@ def create_app(
         app.state.registry = registry
         app.include_router(create_router(registry, api))
 
-    app.router.routes.append(Route("/mcp", endpoint=StreamableHTTPASGIApp(sessions), include_in_schema=False))
+    app.mcp_endpoint = StreamableHTTPASGIApp(sessions)
+    app.router.routes.append(Route("/mcp", endpoint=app.mcp_endpoint, include_in_schema=False))
     app.router.routes.append(Route("/sse", endpoint=_SseEndpoint(), methods=["GET"], include_in_schema=False))
     app.router.routes.append(Mount("/messages/", app=sse.handle_post_message))
 

@@ -36,11 +36,23 @@ if TYPE_CHECKING:
     from manifold.gateway import Gateway
 
 class _Exchange:
-    """One lean call's way back to its POST: notifications first, then the answer."""
+    """One lean call's way back to its POST: log lines first, then the answer."""
+
+    __slots__ = ("_connection", "frames", "final", "ready")
 
     def __init__(self, connection: Connection) -> None:
         self._connection = connection
-        self.send, self.receive = anyio.create_memory_object_stream[tuple[bytes, bool]](64)
+        self.frames: list[bytes] = []
+        self.final = False  # the answer is in `frames` (or the call was cancelled: no answer comes)
+        self.ready = anyio.Event()
+
+    def put(self, frame: bytes, *, final: bool = False) -> None:
+        if self.final:
+            return
+        if frame:
+            self.frames.append(frame)
+        self.final = final
+        self.ready.set()
 
     # What the gateway's bridge asks of a caller (faces/mcp.py).
 
@@ -51,11 +63,7 @@ class _Exchange:
         params: dict[str, Any] = {"level": level, "data": data}
         if logger is not None:
             params["logger"] = logger
-        frame = lean.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": params})
-        try:
-            self.send.send_nowait((frame, False))
-        except (anyio.WouldBlock, anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass  # a flood of log lines: the answer still gets through
+        self.put(lean.dumps({"jsonrpc": "2.0", "method": "notifications/message", "params": params}))
 
 
 class LeanHttp:
@@ -99,7 +107,7 @@ class LeanHttp:
                 return
             del self.calls[key]
             lean.done(self.gateway, call, outcome)
-            exchange.send.send_nowait((answer, True))
+            exchange.put(answer, final=True)
 
         call = lean.start(route, request_id, exchange, finish)
         if call is None:
@@ -118,32 +126,32 @@ class LeanHttp:
         return True
 
     async def _respond(self, session_id: str, call: LeanCall, exchange: _Exchange, send: Send) -> None:
+        """The answer as a JSON body when nothing came before it; else an SSE stream, as it comes."""
         started = False
         deadline = call.deadline
-        with exchange.receive:
-            while True:
+        while True:
+            if not exchange.frames and not exchange.final:
                 with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
-                    try:
-                        frame, final = await exchange.receive.receive()
-                    except anyio.EndOfStream:  # cancelled by the client: no answer follows
-                        frame, final = b"", True
+                    await exchange.ready.wait()
+                exchange.ready = anyio.Event()
                 if waiting.cancelled_caught:
                     deadline = math.inf
                     await lean.time_out(call)
                     continue
-                if final and not started:
-                    if frame:
-                        await _send(send, 200, "application/json", session_id, frame, more=False)
-                    else:
-                        await _send(send, 200, "text/event-stream", session_id, b"", more=False)
-                    return
-                if not started:
-                    await _send(send, 200, "text/event-stream", session_id, b"", more=True)
-                    started = True
-                event = b"event: message\r\ndata: " + frame.rstrip() + b"\r\n\r\n" if frame else b""
-                await _body(send, event, more=not final)
-                if final:
-                    return
+            frames, exchange.frames = exchange.frames, []
+            if exchange.final and not started and len(frames) <= 1:
+                if frames:
+                    await _send(send, 200, "application/json", session_id, frames[0], more=False)
+                else:  # cancelled by its client: no answer
+                    await _send(send, 200, "text/event-stream", session_id, b"", more=False)
+                return
+            if not started:
+                await _send(send, 200, "text/event-stream", session_id, b"", more=True)
+                started = True
+            events = b"".join(b"event: message\r\ndata: " + frame.rstrip() + b"\r\n\r\n" for frame in frames)
+            await _body(send, events, more=not exchange.final)
+            if exchange.final:
+                return
 
     async def _cancelled(self, session_id: str, frame: dict[str, Any], send: Send) -> bool:
         request_id = lean.cancelled_id(frame)
@@ -151,7 +159,7 @@ class LeanHttp:
         if call is None:
             return False  # not ours: the SDK cancels its own requests
         lean.done(self.gateway, call, "failed")
-        call.session.send.close()  # the POST waiting for it ends without an answer
+        call.session.put(b"", final=True)  # the POST waiting for it ends without an answer
         await _send(send, 202, None, session_id, b"", more=False)
         await lean.cancel_upstream(call, frame["params"].get("reason"))
         return True
