@@ -22,9 +22,10 @@ import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np  # imported where it is used: only a search builds an index
 
 RANKERS = ("lexical", "semantic", "hybrid")
 
@@ -234,6 +235,8 @@ class ToolIndex:
     """
 
     def __init__(self, tools: Sequence[dict[str, Any]], server_of: Callable[[str], str]) -> None:
+        import numpy as np
+
         self._tools = list(tools)
         self._servers = [server_of(str(t.get("name", ""))) for t in self._tools]
         docs: list[dict[str, float]] = []
@@ -268,6 +271,8 @@ class ToolIndex:
 
     def score_array(self, query: str) -> np.ndarray:
         """Every tool's score for `query`, by position in the catalogue (0 where nothing matched)."""
+        import numpy as np
+
         terms = query_words(query)
         weights = _expand(terms)
         scores = np.zeros(len(self._tools), dtype=np.float64)
@@ -290,6 +295,8 @@ class ToolIndex:
 
     def scores(self, query: str) -> dict[int, float]:
         """The matching tools' scores by position in the catalogue (for fusion with other rankers)."""
+        import numpy as np
+
         array = self.score_array(query)
         return {int(i): float(array[i]) for i in np.flatnonzero(array)}
 
@@ -306,6 +313,8 @@ class ToolIndex:
 
 
 def _arrays(pairs: list[tuple[int, float]], scale: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    import numpy as np
+
     return np.fromiter((i for i, _ in pairs), np.int64, len(pairs)), np.fromiter(
         (v * scale for _, v in pairs), np.float64, len(pairs)
     )
@@ -313,6 +322,8 @@ def _arrays(pairs: list[tuple[int, float]], scale: float = 1.0) -> tuple[np.ndar
 
 def top(scores: np.ndarray, limit: int) -> list[tuple[int, float]]:
     """The `limit` best positive scores, best first; ties go to the earlier tool."""
+    import numpy as np
+
     candidates = np.flatnonzero(scores > 0)
     if len(candidates) > limit:
         cut = np.argpartition(-scores[candidates], limit - 1)[:limit]
