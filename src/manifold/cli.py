@@ -149,8 +149,9 @@ async def _serve_stdio(gateway: Any, make_registry: Callable[[], Any] | None = N
                 tg.start_soon(serve_face, read, write)
                 with anyio.move_on_after(FIRST_ANSWER_WAIT):  # a client that says nothing at first
                     await stdio.answered.wait()
-                registry = make_registry() if make_registry is not None else None
+                # The upstreams first: they start on the other core while the store's modules import.
                 await running.enter_async_context(gateway.running())
+                registry = make_registry() if make_registry is not None else None
                 if registry is not None:
                     await running.enter_async_context(registry.running())
             # Until stdin ends or SIGINT/SIGTERM; then the upstreams are stopped in order, no hang.

@@ -184,6 +184,8 @@ class Gateway:
         return upstream
 
     async def _load_cached(self, upstream: Upstream) -> Mapping[str, Any] | None:
+        if self.listing_cache is None and not self._servers_added.is_set():
+            await self._servers_added.wait()  # the store may still be opening (see adding_servers)
         if self.listing_cache is None:
             return None  # no store (a one-shot CLI command): the lazy server is started once to list
         return await self.listing_cache.load_listing(upstream.name)
