@@ -27,7 +27,7 @@ from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from support import PYTHON, TESTS, fixture_command, running_process, start_http_upstream, subprocess_env
+from support import PYTHON, TESTS, fixture_command, running_process, start_http_upstream, subprocess_env, together
 from test_gateway import fixture_stdio, text_of, write_config
 
 pytestmark = pytest.mark.anyio
@@ -69,17 +69,22 @@ def http_server(url: str, **keys: Any) -> dict[str, Any]:
 
 
 async def test_many_concurrent_calls_each_get_their_own_answer(tmp_path: Path) -> None:
-    with start_http_upstream("--name", "alpha") as alpha:
+    """To a server answering with SSE, one answering with JSON, and a stdio one."""
+    with together(start_http_upstream("--name", "alpha"), start_http_upstream("--name", "gamma", "--json-response")) as (
+        alpha,
+        gamma,
+    ):
         servers = {
             "alpha": http_server(alpha, tools={"rename": {"whoami": "identity"}}),
             "beta": fixture_stdio("beta"),
+            "gamma": http_server(gamma),
         }
         with http_gateway(tmp_path, servers) as base:
             answers: dict[int, tuple[str, bool]] = {}
             async with session_to(base) as session:
 
                 async def one(i: int) -> None:
-                    server = "alpha" if i % 2 else "beta"
+                    server = ("alpha", "beta", "gamma")[i % 3]
                     if i % 5 == 0:
                         result = await session.call_tool(f"{server}__fail", {"message": f"no {i}"})
                     else:
@@ -94,10 +99,11 @@ async def test_many_concurrent_calls_each_get_their_own_answer(tmp_path: Path) -
                     assert text_of(await session.call_tool("alpha__identity", {})) == "alpha"
                     with pytest.raises(MCPError, match="alpha__nope"):
                         await session.call_tool("alpha__nope", {})
-                    result = await session.call_tool("alpha__echo", {"text": "x" * 2_000_000})
-                    assert text_of(result) == "x" * 2_000_000
+                    for server in ("alpha", "gamma"):
+                        result = await session.call_tool(f"{server}__echo", {"text": "x" * 2_000_000})
+                        assert text_of(result) == "x" * 2_000_000
             assert answers == {i: (f"no {i}", True) if i % 5 == 0 else (f"call {i} ünïcode", False) for i in range(60)}
-            assert lean_calls(base) == 62
+            assert lean_calls(base) == 63
 
 
 async def test_logs_and_sampling_during_a_lean_call_reach_their_client(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
     python tests/upstreams/fixture_server.py [--transport stdio|streamable-http|sse]
         [--host 127.0.0.1] [--port 0] [--name NAME] [--tools N] [--long-names]
-        [--require-header NAME=VALUE ...] [--crash-on-start]
+        [--require-header NAME=VALUE ...] [--crash-on-start] [--json-response]
 
 Over HTTP it binds its socket itself and, once it accepts requests, prints exactly one line
 `LISTENING http://<host>:<port>` to stdout (with `--port 0` that is how the port is found).
@@ -241,6 +241,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--require-header", type=parse_header, action="append", default=[], metavar="NAME=VALUE"
     )
     parser.add_argument("--crash-on-start", action="store_true")
+    parser.add_argument("--json-response", action="store_true", help="streamable HTTP: answer POSTs with JSON, not SSE")
     parser.add_argument("--log-level", default="WARNING")
     return parser.parse_args(argv)
 
@@ -273,7 +274,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
     if args.transport == "streamable-http":
-        app: ASGIApp = mcp.streamable_http_app(streamable_http_path="/mcp", host=args.host)
+        app: ASGIApp = mcp.streamable_http_app(
+            streamable_http_path="/mcp", host=args.host, json_response=args.json_response
+        )
     else:
         app = mcp.sse_app(sse_path="/sse", message_path="/messages/", host=args.host)
     if args.require_header:
