@@ -23,7 +23,7 @@ import pytest
 from mcp.client.session import ClientSession
 from mcp.client.stdio import stdio_client
 from mcp.shared.exceptions import MCPError
-from support import PYTHON, TESTS, async_wait_for
+from support import PYTHON, TESTS, async_wait_for, http_upstream
 from test_gateway import fixture_stdio, gateway_params, text_of, write_config
 
 pytestmark = pytest.mark.anyio
@@ -176,11 +176,22 @@ async def test_cached_tool_pages_match_and_follow_the_catalogue(tmp_path: Path) 
                 await anyio.sleep(0.05)
 
 
-async def test_sampling_and_logs_during_concurrent_lean_calls_reach_the_client(tmp_path: Path) -> None:
-    """Server-to-client requests and log lines during lean calls still reach the calling client."""
+@pytest.mark.parametrize("transport", ["stdio", "streamable-http"])
+async def test_sampling_and_logs_during_concurrent_lean_calls_reach_the_client(tmp_path: Path, transport: str) -> None:
+    """Server-to-client requests and log lines during lean calls still reach the calling client,
+    from a stdio server (on its stdout) and from a streamable-HTTP one (on each call's reply)."""
     gw = Gateway(tmp_path / "gateway.log")
     proto = str(TESTS / "upstreams" / "protocol_server.py")
-    servers = {"proto": {"mcp_server_type": "stdio", "command": PYTHON, "args": [proto, "--name", "proto"]}}
+    if transport == "stdio":
+        servers = {"proto": {"mcp_server_type": "stdio", "command": PYTHON, "args": [proto, "--name", "proto"]}}
+        await _sampling_and_logs(tmp_path, gw, servers)
+        return
+    async with http_upstream("--name", "proto", command=lambda *a: [PYTHON, proto, *a]) as url:
+        servers = {"proto": {"mcp_server_type": "streamable_http", "server_url": url + "/mcp"}}
+        await _sampling_and_logs(tmp_path, gw, servers)
+
+
+async def _sampling_and_logs(tmp_path: Path, gw: Gateway, servers: dict[str, Any]) -> None:
     logs: list[Any] = []
 
     async def sampling(context: Any, params: types.CreateMessageRequestParams) -> types.CreateMessageResult:
