@@ -11,6 +11,7 @@ another one migrates.
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -129,3 +130,25 @@ def test_a_malformed_first_line_is_left_to_the_sdk(tmp_path: Path) -> None:
     del bad["params"]["clientInfo"]
     (answer,) = _exchange(config, [bad], answers=1)
     assert answer["id"] == 1 and "error" in answer
+
+
+def test_sigterm_before_the_client_says_anything_stops_everything(tmp_path: Path) -> None:
+    """The early answer's reader holds stdin until the first line: it must not hold the exit too."""
+    config = tmp_path / "manifold.json"
+    config.write_text(json.dumps({"mcp_servers": {"alpha": {"mcp_server_type": "stdio", "command": PYTHON, "args": [FIXTURE, "--name", "alpha"]}}}))
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "manifold", "serve", "--config", str(config), "--no-watch"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=subprocess_env({"XDG_DATA_HOME": str(tmp_path)}),
+    )
+    assert proc.stderr is not None
+    try:
+        for raw in proc.stderr:  # the gateway is up: its upstream is ready
+            if b"upstream ready" in raw:
+                break
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(15) == 0
+    finally:
+        stop_process(proc)

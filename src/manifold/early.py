@@ -78,6 +78,9 @@ class EarlyAnswer:
         self.answered_id: Any = None
         self.result: dict[str, Any] | None = None
         self.done = threading.Event()
+        # The event loop waits on this pipe's read end, not on `done`: a worker thread parked in
+        # `done.wait()` would keep the interpreter from exiting on SIGTERM before any input came.
+        self.done_fd, self._done_w = os.pipe()
         self._thread = threading.Thread(target=self._run, name="manifold-early-initialize", daemon=True)
 
     def start(self) -> EarlyAnswer:
@@ -116,10 +119,11 @@ class EarlyAnswer:
                 else:
                     self.answered_id, self.result = request_id, result
         finally:
-            try:
-                os.close(self._stdout)
-            except OSError:
-                pass
+            for fd in (self._stdout, self._done_w):
+                try:
+                    os.close(fd)  # the pipe's read end now sees end of file: readable
+                except OSError:
+                    pass
             self.done.set()
 
 
@@ -142,9 +146,27 @@ def start(argv: list[str]) -> None:
     current = EarlyAnswer().start()
 
 
+def structlog_without_rich() -> None:
+    """Import structlog with `rich` out of its sight.
+
+    structlog's dev module imports rich (and pygments under it) for pretty
+    tracebacks when it can: 15 MB of a long-running server's memory, for
+    tracebacks that end up in log files. The CLI's tables still import rich
+    when a command draws one.
+    """
+    if "structlog" in sys.modules or "rich" in sys.modules:
+        return
+    sys.modules["rich"] = None  # type: ignore[assignment]  # import rich -> ImportError
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich"]
+
+
 def main() -> None:
     """The `manifold` command: the early answer first, then the CLI (and its imports)."""
     start(sys.argv[1:])
+    structlog_without_rich()
     from manifold.cli import main as cli
 
     cli()

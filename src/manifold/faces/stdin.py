@@ -96,8 +96,11 @@ class StdinLines:
     async def _read(self) -> bytes:
         if self._early is not None:
             early, self._early = self._early, None
-            if not early.done.is_set():
-                await anyio.to_thread.run_sync(early.done.wait, abandon_on_cancel=True)
+            try:
+                if not early.done.is_set():
+                    await anyio.wait_readable(early.done_fd)
+            finally:
+                os.close(early.done_fd)
             self._early_eof = early.eof
             if early.read:
                 return early.read
