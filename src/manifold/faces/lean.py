@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import mcp_types as types
 from mcp_types import CONNECTION_CLOSED, REQUEST_TIMEOUT
+from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from manifold import tracing
 from manifold.faces.disclosure import META_NAMES
@@ -46,6 +47,22 @@ ENVELOPE_KEYS = frozenset(
     }
 )
 """The 2026-07-28 envelope describes the client's hop to Manifold: never forwarded."""
+
+
+def parse(data: bytes) -> dict[str, Any] | None:
+    """A JSON-RPC tools/call or notifications/cancelled frame, else None (the SDK's to judge)."""
+    try:
+        frame = json.loads(data)
+    except ValueError:
+        return None
+    if not isinstance(frame, dict) or frame.get("jsonrpc") != "2.0":
+        return None
+    return frame if frame.get("method") in ("tools/call", "notifications/cancelled") else None
+
+
+def ready(connection: Any) -> bool:
+    """The client's session is past its handshake, on a version whose results need no envelope."""
+    return bool(connection.initialize_accepted) and connection.protocol_version not in MODERN_PROTOCOL_VERSIONS
 
 
 def dumps(obj: Any) -> bytes:

@@ -19,14 +19,12 @@ things takes the lean path only while that stream is open.
 
 from __future__ import annotations
 
-import json
 import math
 import warnings
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from mcp.server.connection import Connection
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from starlette.types import Send
 
 from manifold.faces import lean
@@ -75,21 +73,15 @@ class LeanHttp:
 
     async def handle(self, session_id: str, connection: Connection, body: bytes, send: Send, *, get_stream: bool) -> bool:
         """Serve this POST if it is a plain tools/call or cancels one; False to leave it to the SDK."""
-        try:
-            frame = json.loads(body)
-        except ValueError:
+        frame = lean.parse(body)
+        if frame is None:
             return False
-        if not isinstance(frame, dict) or frame.get("jsonrpc") != "2.0":
-            return False
-        method = frame.get("method")
-        if method == "tools/call":
+        if frame["method"] == "tools/call":
             return await self._call(session_id, connection, frame, send, get_stream)
-        if method == "notifications/cancelled":
-            return await self._cancelled(session_id, frame, send)
-        return False
+        return await self._cancelled(session_id, frame, send)
 
     async def _call(self, session_id: str, connection: Connection, frame: dict[str, Any], send: Send, get_stream: bool) -> bool:
-        if not connection.initialize_accepted or connection.protocol_version in MODERN_PROTOCOL_VERSIONS:
+        if not lean.ready(connection):
             return False
         request_id = frame.get("id")
         if isinstance(request_id, bool) or not isinstance(request_id, int | str):

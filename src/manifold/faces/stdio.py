@@ -12,7 +12,6 @@ SDK's server as before.
 from __future__ import annotations
 
 import fcntl
-import json
 import os
 import stat
 import sys
@@ -25,7 +24,6 @@ import anyio
 import mcp_types as types
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
-from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 import structlog
 
@@ -190,26 +188,16 @@ class StdioFace:
         return self._connection
 
     async def _lean(self, line: bytes) -> bool:
-        try:
-            frame = json.loads(line)
-        except ValueError:
+        frame = lean.parse(line)
+        if frame is None:
             return False
-        if not isinstance(frame, dict) or frame.get("jsonrpc") != "2.0":
-            return False
-        method = frame.get("method")
-        if method == "tools/call":
+        if frame["method"] == "tools/call":
             return await self._call(frame)
-        if method == "notifications/cancelled":
-            return await self._cancelled(frame)
-        return False
+        return await self._cancelled(frame)
 
     async def _call(self, frame: dict[str, Any]) -> bool:
         connection = self._client()
-        if (
-            connection is None
-            or not connection.initialize_accepted
-            or connection.protocol_version in MODERN_PROTOCOL_VERSIONS
-        ):
+        if connection is None or not lean.ready(connection):
             return False
         request_id = frame.get("id")
         if isinstance(request_id, bool) or not isinstance(request_id, int | str) or request_id in self.calls:

@@ -34,7 +34,7 @@ from manifold.callers import CURRENT_CALLER
 from manifold.logging import masker
 from manifold.upstream.http1 import HttpError, Pool
 from manifold.upstream.report import TransportReport
-from manifold.upstream.stdio import _LEAN_HEAD, _LEAN_TAIL, _LEAN_TAIL_START, _TAIL_WINDOW, RawCall
+from manifold.upstream.stdio import RawCall, lean_response
 
 log = structlog.get_logger("manifold.upstream")
 
@@ -51,27 +51,16 @@ class StreamEnded(Exception):
     """The reply stream ended without the response."""
 
 
-def _find_id(payload: bytes) -> tuple[int, tuple[int, int], bool] | None:
-    """(id, span of the id, is an error) of a response to a lean request, found without parsing."""
-    match = _LEAN_HEAD.match(payload)
-    if match is not None:
-        return int(match.group(1)), match.span(1), match.group(2) == b"error"
-    start = _LEAN_TAIL_START.match(payload)
-    if start is None:
-        return None
-    match = _LEAN_TAIL.search(payload, max(len(payload) - _TAIL_WINDOW, 0))
-    if match is None:
-        return None
-    return int(match.group(1)), match.span(1), start.group(1) == b"error"
-
-
 async def sse_events(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[tuple[str, bytes, str | None, int | None]]:
     """(event type, data, id, retry) of each event of a text/event-stream body."""
-    buffer = b""
+    buffer = bytearray()
+    scanned = 0  # the end of an event is looked for only in what is new (a large event comes in many chunks)
     async for chunk in chunks:
         buffer += chunk
-        while (end := _EVENT_END.search(buffer)) is not None:
-            block, buffer = buffer[: end.start()], buffer[end.end() :]
+        while (end := _EVENT_END.search(buffer, max(scanned - 3, 0))) is not None:
+            block = bytes(buffer[: end.start()])
+            del buffer[: end.end()]
+            scanned = 0
             event, data, event_id, retry = "message", [], None, None
             for line in _LINE.split(block):
                 name, _, value = line.partition(b":")
@@ -86,7 +75,8 @@ async def sse_events(chunks: AsyncIterator[bytes], limit: int) -> AsyncIterator[
                     retry = int(value)
             if data or event_id is not None or retry is not None:
                 yield event, b"\n".join(data), event_id, retry
-        if len(buffer) > limit:
+        scanned = len(buffer)
+        if scanned > limit:
             raise HttpError(f"an event on the reply stream is over {limit} bytes")
 
 
@@ -250,7 +240,7 @@ class HttpChannel:
 
     def _answer(self, request_id: int, payload: bytes) -> bool:
         """The response to our request, handed back unparsed when its id can be found in place."""
-        found = _find_id(payload)
+        found = lean_response(payload)
         if found is not None and found[0] == request_id:
             call = self.calls.pop(request_id, None)
             if call is not None:
@@ -270,7 +260,7 @@ class HttpChannel:
 
     async def _message(self, request_id: int, data: bytes) -> bool:
         """One message on the reply stream: True once it was the response."""
-        if _find_id(data) is not None or b'"method"' not in data:
+        if lean_response(data) is not None or b'"method"' not in data:
             return self._answer(request_id, data)
         try:
             message = types.jsonrpc_message_adapter.validate_json(data, by_name=False)

@@ -224,24 +224,13 @@ class _StdioPipes:
 
     def _raw_response(self, line: bytes) -> bool:
         """Hand a response to a raw call back as bytes; False if the line is not one."""
-        match = _LEAN_HEAD.match(line)
-        if match is not None:
-            call = self.raw_calls.pop(int(match.group(1)), None)
-            if call is None:
-                return False
-            call.answered(line, match.span(1), match.group(2) == b"error")
-            return True
-        start = _LEAN_TAIL_START.match(line)
-        if start is None:
+        found = lean_response(line)
+        if found is None:
             return False
-        offset = max(len(line) - _TAIL_WINDOW, 0)
-        match = _LEAN_TAIL.search(line, offset)
-        if match is None:
-            return False
-        call = self.raw_calls.pop(int(match.group(1)), None)
+        call = self.raw_calls.pop(found[0], None)
         if call is None:
             return False
-        call.answered(line, match.span(1), start.group(1) == b"error")
+        call.answered(line, found[1], found[2])
         return True
 
     def _fail_raw_calls(self) -> None:
@@ -434,6 +423,20 @@ class _StdioPipes:
             await anyio.sleep(_EXIT_POLL)
         self.report.returncode = self.process.returncode
         return True
+
+
+def lean_response(line: bytes) -> tuple[int, tuple[int, int], bool] | None:
+    """(id, span of the id, is an error) of a response to a raw request, found without parsing."""
+    match = _LEAN_HEAD.match(line)
+    if match is not None:
+        return int(match.group(1)), match.span(1), match.group(2) == b"error"
+    start = _LEAN_TAIL_START.match(line)
+    if start is None:
+        return None
+    match = _LEAN_TAIL.search(line, max(len(line) - _TAIL_WINDOW, 0))
+    if match is None:
+        return None
+    return int(match.group(1)), match.span(1), start.group(1) == b"error"
 
 
 def _error_for(request_id: Any, message: str) -> SessionMessage:
