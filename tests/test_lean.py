@@ -225,3 +225,32 @@ async def _sampling_and_logs(tmp_path: Path, gw: Gateway, servers: dict[str, Any
     assert answers == {i: f"proto:re q{i}" for i in range(8)}
     assert logs[:2] == ["proto line 0", "proto line 1"]
     await async_wait_for(lambda: gw.lean_calls() == 9, what="the gateway's exit line")
+
+
+async def test_calls_to_an_sse_server_take_the_lean_path(tmp_path: Path) -> None:
+    """Answers to lean calls come on the SSE server's one stream, taken off it before the SDK's
+    session: each call still gets its own answer, errors included, and the session goes on."""
+    gw = Gateway(tmp_path / "gateway.log")
+    async with http_upstream("--transport", "sse", "--name", "beta") as url:
+        servers = {"beta": {"mcp_server_type": "sse", "server_url": url + "/sse", "timeout": 2}}
+        answers: dict[int, tuple[str, bool]] = {}
+        async with gateway(tmp_path, servers, gw) as session:
+
+            async def one(i: int) -> None:
+                if i % 4 == 0:
+                    result = await session.call_tool("beta__fail", {"message": f"no {i}"})
+                else:
+                    result = await session.call_tool("beta__echo", {"text": f"call {i}"})
+                answers[i] = (text_of(result), bool(result.is_error))
+
+            with anyio.fail_after(60):
+                async with anyio.create_task_group() as tg:
+                    for i in range(40):
+                        tg.start_soon(one, i)
+                with pytest.raises(MCPError, match=r"server 'beta' did not answer tools/call within 2 s"):
+                    await session.call_tool("beta__slow", {"seconds": 4})
+                # The session's own requests go on meanwhile.
+                assert {t.name for t in (await session.list_tools()).tools} >= {"beta__echo", "beta__slow"}
+                assert text_of(await session.call_tool("beta__whoami", {})) == "beta"
+        assert answers == {i: (f"no {i}", True) if i % 4 == 0 else (f"call {i}", False) for i in range(40)}
+    await async_wait_for(lambda: gw.lean_calls() == 42, what="the gateway's exit line")

@@ -48,9 +48,10 @@ def http_gateway(tmp_path: Path, servers: dict[str, Any]) -> Iterator[str]:
         yield base
 
 
-def lean_calls(base: str) -> int:
+def lean_calls(base: str, face: str = "http") -> int:
+    """How many calls went the lean way on `face` (the gateway's metric)."""
     text = httpx2.get(base + "/metrics").text
-    found = re.search(r'^manifold_lean_tool_calls_total\{face="http"\} (\S+)$', text, re.M)
+    found = re.search(rf'^manifold_lean_tool_calls_total\{{face="{face}"\}} (\S+)$', text, re.M)
     return int(float(found.group(1))) if found else 0
 
 

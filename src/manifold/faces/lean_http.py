@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -51,6 +52,24 @@ class _Exchange:
             self.frames.append(frame)
         self.final = final
         self.ready.set()
+
+    async def batches(self, call: LeanCall) -> AsyncIterator[tuple[list[bytes], bool]]:
+        """What came back, as it comes: (frames, whether the last is the answer); the call's
+        timeout applies while waiting."""
+        deadline = call.deadline
+        while True:
+            if not self.frames and not self.final:
+                with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
+                    await self.ready.wait()
+                self.ready = anyio.Event()
+                if waiting.cancelled_caught:
+                    deadline = math.inf
+                    await lean.time_out(call)
+                    continue
+            frames, self.frames = self.frames, []
+            yield frames, self.final
+            if self.final:
+                return
 
     # What the gateway's bridge asks of a caller (faces/mcp.py).
 
@@ -120,18 +139,8 @@ class LeanHttp:
     async def _respond(self, session_id: str, call: LeanCall, exchange: _Exchange, send: Send) -> None:
         """The answer as a JSON body when nothing came before it; else an SSE stream, as it comes."""
         started = False
-        deadline = call.deadline
-        while True:
-            if not exchange.frames and not exchange.final:
-                with anyio.move_on_after(deadline - anyio.current_time()) as waiting:
-                    await exchange.ready.wait()
-                exchange.ready = anyio.Event()
-                if waiting.cancelled_caught:
-                    deadline = math.inf
-                    await lean.time_out(call)
-                    continue
-            frames, exchange.frames = exchange.frames, []
-            if exchange.final and not started and len(frames) <= 1:
+        async for frames, final in exchange.batches(call):
+            if final and not started and len(frames) <= 1:
                 if frames:
                     await _send(send, 200, "application/json", session_id, frames[0], more=False)
                 else:  # cancelled by its client: no answer
@@ -141,9 +150,7 @@ class LeanHttp:
                 await _send(send, 200, "text/event-stream", session_id, b"", more=True)
                 started = True
             events = b"".join(b"event: message\r\ndata: " + frame.rstrip() + b"\r\n\r\n" for frame in frames)
-            await _body(send, events, more=not exchange.final)
-            if exchange.final:
-                return
+            await _body(send, events, more=not final)
 
     async def _cancelled(self, session_id: str, frame: dict[str, Any], send: Send) -> bool:
         request_id = lean.cancelled_id(frame)

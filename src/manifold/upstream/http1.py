@@ -129,8 +129,8 @@ class Pool:
         self.opened = 0  # connections ever opened (the bench and tests read it)
         self.closed = False
 
-    def _head(self, method: str, headers: dict[str, str], length: int | None) -> bytes:
-        lines = [f"{method} {self.target} HTTP/1.1"]
+    def _head(self, method: str, target: str, headers: dict[str, str], length: int | None) -> bytes:
+        lines = [f"{method} {target} HTTP/1.1"]
         lines.extend(f"{name}: {value}" for name, value in {**self._fixed, **headers}.items())
         if length is not None:
             lines.append(f"content-length: {length}")
@@ -143,8 +143,11 @@ class Pool:
         return _Connection(stream)
 
     @asynccontextmanager
-    async def request(self, method: str, headers: dict[str, str], body: bytes | None = None) -> AsyncIterator[Response]:
-        """Send one request; yield its response once its headers are in.
+    async def request(
+        self, method: str, headers: dict[str, str], body: bytes | None = None, *, target: str | None = None
+    ) -> AsyncIterator[Response]:
+        """Send one request (to the pool's URL, or `target` on the same origin); yield its response
+        once its headers are in.
 
         A kept-alive connection the server has closed meanwhile shows as a
         connection that ends before any response byte: that request is sent
@@ -152,7 +155,8 @@ class Pool:
         """
         if self.closed:
             raise HttpError("the connection pool is closed")
-        payload = self._head(method, headers, None if body is None else len(body)) + (body or b"")
+        head = self._head(method, target or self.target, headers, None if body is None else len(body))
+        payload = head + (body or b"")
         for attempt in range(2):
             reused = bool(self._idle)
             connection = self._idle.pop() if reused else await self._connect()

@@ -166,6 +166,8 @@ class HttpChannel:
             self._fail(request_id, CONNECTION_CLOSED, f"connection lost during tools/call ({exc})", lost=True)
         except StreamEnded as exc:
             self._fail(request_id, CONNECTION_CLOSED, str(exc))
+        except BaseException as exc:
+            raise
         finally:
             if self._scopes.get(request_id) is scope:
                 del self._scopes[request_id]
@@ -295,3 +297,64 @@ class HttpChannel:
         with suppress(HttpError, OSError):
             async with self.pool.request("POST", self._headers(), frame) as response:
                 await response.read()
+
+
+class SseChannel(HttpChannel):
+    """Raw tools/call requests to a server on the legacy SSE transport.
+
+    A call is a POST of its frame to the session's message endpoint (answered
+    202); its answer is an event on the session's one stream, which the SDK's
+    client parses. `take()` lifts the answers to our (negative) ids off that
+    stream before the SDK's session sees them; everything else on it (log
+    lines, sampling requests, list changes) stays the session's.
+    """
+
+    def __init__(self, pool: Pool, *, endpoint: Callable[[], str | None], report: TransportReport) -> None:
+        super().__init__(
+            pool,
+            session_headers=dict,
+            deliver=_nowhere,
+            session_lost=lambda: None,
+            report=report,
+            max_event_bytes=0,
+        )
+        self._endpoint = endpoint
+
+    def _headers(self) -> dict[str, str]:
+        return {"content-type": _JSON}
+
+    async def _exchange(self, request_id: int, frame: bytes) -> None:
+        target = self._endpoint()
+        if target is None:
+            self._fail(request_id, INTERNAL_ERROR, "the server's message endpoint is not known")
+            return
+        async with self.pool.request("POST", self._headers(), frame, target=target) as response:
+            await response.read()
+        if response.status not in (200, 202):
+            self.report.http_error = masker.mask(f"HTTP {response.status} from POST {self.pool.host}:{self.pool.port}{target}")
+            self._fail(request_id, INTERNAL_ERROR, f"HTTP {response.status} from the server")
+
+    async def _notify(self, frame: bytes) -> None:
+        target = self._endpoint()
+        if target is None:
+            return
+        with suppress(HttpError, OSError):
+            async with self.pool.request("POST", self._headers(), frame, target=target) as response:
+                await response.read()
+
+    def take(self, message: Any) -> bool:
+        """True if `message` answers a raw call (then it went to the call, not to the session)."""
+        if not isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+            return False
+        request_id = message.id
+        if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id >= 0:
+            return False
+        call = self.calls.pop(request_id, None)
+        if call is not None:
+            call.answered_message(message)
+        return True  # ours even if forgotten (cancelled, timed out): the session never asked
+
+
+async def _nowhere(message: SessionMessage) -> None:
+    """SSE servers send their requests on the session's stream, never on a call's reply."""
+

@@ -16,7 +16,7 @@ from mcp.shared.message import SessionMessage
 
 from manifold.config import ServerConfig, SseServerConfig, StdioServerConfig, StreamableHttpServerConfig
 from manifold.upstream.http1 import Pool, proxied
-from manifold.upstream.lean_http import HttpChannel
+from manifold.upstream.lean_http import HttpChannel, SseChannel
 from manifold.upstream.report import TransportReport
 from manifold.upstream.stdio import open_stdio
 
@@ -84,10 +84,19 @@ async def open_transport(
             yield streams
     elif isinstance(config, SseServerConfig):
 
+        endpoint: list[str] = []
+
+        async def message_endpoint(request: httpx2.Request) -> None:
+            # The SDK's first POST goes to the endpoint the server named: the lean path posts there too.
+            if request.method == "POST" and not endpoint:
+                endpoint.append(request.url.raw_path.decode("ascii"))
+
         def client_factory(
             headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: Any = None
         ) -> httpx2.AsyncClient:
-            return httpx2.AsyncClient(headers=headers, timeout=timeout, auth=auth, event_hooks=hooks)
+            return httpx2.AsyncClient(
+                headers=headers, timeout=timeout, auth=auth, event_hooks={**hooks, "request": [message_endpoint]}
+            )
 
         async with sse_client(
             config.server_url,
@@ -95,8 +104,18 @@ async def open_transport(
             timeout=config.connect_timeout,
             sse_read_timeout=_STREAM_READ_TIMEOUT,
             httpx_client_factory=client_factory,
-        ) as streams:
-            yield streams
+        ) as (read, write):
+            if not config.server_url.startswith("http://") or proxied(config.server_url):
+                yield read, write
+                return
+            pool = Pool(config.server_url, config.headers(), connect_timeout=config.connect_timeout)
+            channel = SseChannel(pool, endpoint=lambda: endpoint[0] if endpoint else None, report=report)
+            async with channel.running():
+                report.raw = channel
+                try:
+                    yield read, write  # the session's reader lets channel.take() have the answers
+                finally:
+                    report.raw = None
     else:
         # One client per server: its pool keeps connections alive across requests.
         timeout = httpx2.Timeout(config.connect_timeout, read=_STREAM_READ_TIMEOUT)
