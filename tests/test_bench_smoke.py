@@ -43,7 +43,7 @@ def run_bounded(cmd: list[str]) -> tuple[int, str, str]:
             os.killpg(proc.pid, signal.SIGKILL)
             out, err = proc.communicate()
         pytest.fail(
-            f"bench.py --quick ran past {BOUND:g} s\n--- stdout ---\n{out}\n--- stderr ---\n{err[-4000:]}"
+            f"{cmd[1]} ran past {BOUND:g} s\n--- stdout ---\n{out}\n--- stderr ---\n{err[-4000:]}"
         )
     return proc.returncode, out, err
 
@@ -58,3 +58,11 @@ def test_bench_quick_prints_the_table() -> None:
     assert "stdio→stdio" in out
     assert "PASS" in out or "MISS" in out
     assert "ERROR" not in out, out
+
+
+@pytest.mark.timeout(BOUND + GRACE + 30)
+def test_http_client_bench_runs() -> None:
+    """bench/http_clients.py: the figures behind the lean path's own HTTP client."""
+    code, out, err = run_bounded([sys.executable, str(ROOT / "bench" / "http_clients.py"), "--requests", "50"])
+    assert code == 0, f"exit {code}\n--- stdout ---\n{out}\n--- stderr ---\n{err[-4000:]}"
+    assert "manifold http1" in out and "httpx" in out, out
