@@ -34,6 +34,7 @@ from manifold.faces.lean import LeanCall
 if TYPE_CHECKING:
     from manifold.gateway import Gateway
 
+
 class _Exchange:
     """One lean call's way back to its POST: log lines first, then the answer."""
 

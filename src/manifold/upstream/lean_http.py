@@ -1,4 +1,4 @@
-"""The lean path's way to a streamable-HTTP upstream: one POST per tools/call, no SDK client.
+"""The lean path's way to an HTTP upstream: one POST per tools/call, no SDK client.
 
 The SDK's client turns every request into models, a task, an httpx request
 and an SSE parse, and its answer back into models: ~3 ms of CPU per call
@@ -9,10 +9,14 @@ session's headers, and hands the response back as the bytes the server wrote
 as the stdio channel does with a response line.
 
 The session stays the SDK's: the handshake, the GET stream, every other
-request, and whatever an upstream sends on a lean call's stream besides its
-answer — a log line, a sampling or elicitation request — which is handed to
-the SDK's session as if its own transport had read it, so it is answered
-(and its answer posted) the way the full path does.
+request. What an upstream sends on a lean call's stream besides its answer
+goes where the full path sends it: a log line to the upstream's notification
+handler at once (so it reaches the client ahead of the answer), a sampling or
+elicitation request to the SDK's session as if its own transport had read it
+(answered, and the answer posted, the way the full path does).
+
+On the legacy SSE transport (`SseChannel`) a call's answer comes on the
+session's one stream instead of the POST's reply.
 """
 
 from __future__ import annotations
