@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -105,7 +105,7 @@ async def open_transport(
             sse_read_timeout=_STREAM_READ_TIMEOUT,
             httpx_client_factory=client_factory,
         ) as (read, write):
-            if not config.server_url.startswith("http://") or proxied(config.server_url):
+            if not _leanable(config.server_url):
                 yield read, write
                 return
             pool = Pool(config.server_url, config.headers(), connect_timeout=config.connect_timeout)
@@ -121,19 +121,21 @@ async def open_transport(
         timeout = httpx2.Timeout(config.connect_timeout, read=_STREAM_READ_TIMEOUT)
         limits = httpx2.Limits(max_connections=100, max_keepalive_connections=32)
         holder: list[Any] = []
+        lost: list[bool] = []
+
+        def forget_session(request: str) -> None:
+            # The server forgot the session (it restarted). The spec says start a new one; the
+            # SDK only fails the request, so end the connection and let the supervisor reconnect.
+            if not lost:
+                report.log.warning("upstream forgot our session (HTTP 404); reconnecting", request=request)
+            lost.append(True)
+            holder[0].close()
 
         async def session_lost(response: httpx2.Response) -> None:
-            # 404 to a request that carries our session id: the server forgot the
-            # session (it restarted). The spec says start a new one; the SDK only
-            # fails the request, so end the connection and let the supervisor reconnect.
+            # 404 to a request that carries our session id.
             if response.status_code == 404 and response.request.headers.get(_SESSION_HEADER) and holder:
-                if not lost:
-                    request = f"{response.request.method} {response.request.url}"
-                    report.log.warning("upstream forgot our session (HTTP 404); reconnecting", request=request)
-                lost.append(True)
-                holder[0].close()
+                forget_session(f"{response.request.method} {response.request.url}")
 
-        lost: list[bool] = []
         async with httpx2.AsyncClient(
             headers=config.headers(),
             timeout=timeout,
@@ -143,7 +145,7 @@ async def open_transport(
             try:
                 async with _streamable_http(config.server_url, client) as (read, write, transport, inject):
                     holder.append(read)
-                    async with _lean_channel(config, transport, inject, holder, lost, report):
+                    async with _lean_channel(config, transport, inject, forget_session, report):
                         yield read, write
             except Exception as exc:
                 if lost:  # the SDK trips over the stream we closed on purpose
@@ -151,6 +153,11 @@ async def open_transport(
                 raise
             if lost:
                 raise ConnectionResetError("the server no longer knows our session")
+
+
+def _leanable(url: str) -> bool:
+    """Plain HTTP with no proxy in the way: the lean path's own client can reach it."""
+    return url.startswith("http://") and not proxied(url)
 
 
 @asynccontextmanager
@@ -181,12 +188,11 @@ async def _lean_channel(
     config: StreamableHttpServerConfig,
     transport: StreamableHTTPTransport,
     inject: Any,
-    holder: list[Any],
-    lost: list[bool],
+    forget_session: Callable[[str], None],
     report: TransportReport,
 ) -> AsyncIterator[None]:
     """The lean path's channel for this connection, when the upstream is plain HTTP without a proxy."""
-    if not config.server_url.startswith("http://") or proxied(config.server_url):
+    if not _leanable(config.server_url):
         yield
         return
 
@@ -199,18 +205,12 @@ async def _lean_channel(
             headers[MCP_PROTOCOL_VERSION_HEADER] = version
         return headers
 
-    def session_lost() -> None:
-        if not lost:
-            report.log.warning("upstream forgot our session (HTTP 404); reconnecting")
-        lost.append(True)
-        holder[0].close()
-
     pool = Pool(config.server_url, config.headers(), connect_timeout=config.connect_timeout)
     channel = HttpChannel(
         pool,
         session_headers=session_headers,
         deliver=inject.send,
-        session_lost=session_lost,
+        session_lost=lambda: forget_session(f"POST {config.server_url}"),
         report=report,
         max_event_bytes=MAX_SSE_EVENT_BYTES,
     )
