@@ -186,3 +186,24 @@ async def test_an_upstream_that_restarts_costs_at_most_a_call(tmp_path: Path) ->
     finally:
         if first is not None:
             await anyio.to_thread.run_sync(first.__exit__, None, None, None)
+
+
+async def test_frames_that_come_while_earlier_ones_are_sent_are_not_lost() -> None:
+    """The way back of a lean call: a log line, then (while that one is still being written to the
+    client) another and the answer. All three reach the client, in order."""
+    from types import SimpleNamespace
+
+    from manifold.faces.lean_http import _Exchange
+
+    exchange = _Exchange(connection=None)  # type: ignore[arg-type]
+    call = SimpleNamespace(deadline=anyio.current_time() + 30)
+    exchange.put(b"log 0")
+    sent: list[tuple[bytes, bool]] = []
+    with anyio.fail_after(10):
+        async for frames, final in exchange.batches(call):  # type: ignore[arg-type]
+            if not sent:  # the client is slow to take the first line: the rest comes meanwhile
+                exchange.put(b"log 1")
+                exchange.put(b"answer", final=True)
+                await anyio.sleep(0)
+            sent += [(frame, final) for frame in frames]
+    assert sent == [(b"log 0", False), (b"log 1", True), (b"answer", True)]

@@ -67,9 +67,10 @@ class _Exchange:
                     deadline = math.inf
                     await lean.time_out(call)
                     continue
-            frames, self.frames = self.frames, []
-            yield frames, self.final
-            if self.final:
+            # Taken together: more frames (the answer too) may come in while the caller sends these.
+            frames, final, self.frames = self.frames, self.final, []
+            yield frames, final
+            if final:
                 return
 
     # What the gateway's bridge asks of a caller (faces/mcp.py).
