@@ -24,6 +24,7 @@ import httpx2
 import mcp_types as types
 import pytest
 from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
@@ -207,3 +208,48 @@ async def test_frames_that_come_while_earlier_ones_are_sent_are_not_lost() -> No
                 await anyio.sleep(0)
             sent += [(frame, final) for frame in frames]
     assert sent == [(b"log 0", False), (b"log 1", True), (b"answer", True)]
+
+
+async def test_the_sse_face_answers_lean_calls_on_its_stream(tmp_path: Path) -> None:
+    """The legacy /sse face: calls to an SSE and a streamable-HTTP server, their own answers, error
+    results, log lines ahead of the answer, a client that gives up, and the session's other
+    requests alongside."""
+    logs: list[Any] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logs.append(params.data)
+
+    with together(
+        start_http_upstream("--transport", "sse", "--name", "alpha"),
+        start_http_upstream("--name", "proto", command=proto_command),
+    ) as (alpha, proto):
+        servers = {"alpha": {"mcp_server_type": "sse", "server_url": alpha + "/sse"}, "proto": http_server(proto)}
+        with http_gateway(tmp_path, servers) as base:
+            answers: dict[int, tuple[str, bool]] = {}
+            async with sse_client(base + "/sse") as (read, write):
+                async with ClientSession(read, write, logging_callback=on_log) as session:
+                    await session.initialize()
+                    await session.list_tools()
+                    await session.set_logging_level("debug")
+
+                    async def one(i: int) -> None:
+                        if i % 4 == 0:
+                            result = await session.call_tool("alpha__fail", {"message": f"no {i}"})
+                        else:
+                            result = await session.call_tool("alpha__echo", {"text": f"call {i}"})
+                        answers[i] = (text_of(result), bool(result.is_error))
+
+                    with anyio.fail_after(60):
+                        async with anyio.create_task_group() as tg:
+                            for i in range(40):
+                                tg.start_soon(one, i)
+                        for _ in range(5):  # log lines ride ahead of the answer, every time
+                            logs.clear()
+                            assert text_of(await session.call_tool("proto__chatty", {"n": 2})) == "done"
+                            assert logs == ["proto line 0", "proto line 1"]
+                        with pytest.raises(MCPError):
+                            await session.call_tool("alpha__slow", {"seconds": 0.9}, read_timeout_seconds=0.3)
+                        assert len((await session.list_tools()).tools) > 5
+                        assert text_of(await session.call_tool("alpha__echo", {"text": "after"})) == "after"
+            assert answers == {i: (f"no {i}", True) if i % 4 == 0 else (f"call {i}", False) for i in range(40)}
+            assert lean_calls(base, "sse") == 47

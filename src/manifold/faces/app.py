@@ -16,13 +16,14 @@ import structlog
 from fastapi import FastAPI
 from mcp.server.sse import SseServerTransport
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
-from mcp.server.transport_security import TransportSecuritySettings
+from mcp.server.transport_security import DEFAULT_MAX_REQUEST_BODY_SIZE, TransportSecuritySettings
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Receive, Scope, Send
 
 from manifold import __version__
 from manifold.faces.lean_http import LeanHttp
+from manifold.faces.lean_sse import LeanSse
 from manifold.faces.mcp import McpFace
 from manifold.faces.rest import ApiSettings, create_router
 from manifold.faces.sessions import SECRET_ENV, SessionTokens, SharedSessionManager
@@ -107,9 +108,11 @@ def create_app(
             f"the store is shared but {SECRET_ENV} is not set: MCP sessions stay on this replica"
         )
     sse = SseServerTransport("/messages/", security_settings=security)
+    lean_sse = LeanSse(sessions.lean, sse, security, limit=DEFAULT_MAX_REQUEST_BODY_SIZE)
+    face.tracker.sse_sessions = lean_sse.connections
 
     async def handle_sse(scope: Scope, receive: Receive, send: Send) -> None:
-        async with sse.connect_sse(scope, receive, send) as (read, write):
+        async with lean_sse.session(scope, receive, send) as (read, write):
             await face.server.run(read, write, face.initialization_options())
 
     class _SseEndpoint:
@@ -158,6 +161,6 @@ def create_app(
     app.mcp_endpoint = StreamableHTTPASGIApp(sessions)
     app.router.routes.append(Route("/mcp", endpoint=app.mcp_endpoint, include_in_schema=False))
     app.router.routes.append(Route("/sse", endpoint=_SseEndpoint(), methods=["GET"], include_in_schema=False))
-    app.router.routes.append(Mount("/messages/", app=sse.handle_post_message))
+    app.router.routes.append(Mount("/messages/", app=lean_sse.post))
 
     return app

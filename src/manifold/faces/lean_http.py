@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -98,10 +98,28 @@ class LeanHttp:
         if frame is None:
             return False
         if frame["method"] == "tools/call":
-            return await self._call(session_id, connection, frame, send, get_stream)
-        return await self._cancelled(session_id, frame, send)
 
-    async def _call(self, session_id: str, connection: Connection, frame: dict[str, Any], send: Send, get_stream: bool) -> bool:
+            async def respond(call: LeanCall, exchange: _Exchange) -> None:
+                await self._respond(session_id, call, exchange, send)
+
+            return await self.call(session_id, connection, frame, respond, get_stream=get_stream, face="http")
+
+        async def accepted() -> None:
+            await _send(send, 202, None, session_id, b"", more=False)
+
+        return await self.cancel(session_id, frame, accepted)
+
+    async def call(
+        self,
+        session_id: str,
+        connection: Connection,
+        frame: dict[str, Any],
+        respond: Callable[[LeanCall, _Exchange], Awaitable[None]],
+        *,
+        get_stream: bool,
+        face: str,
+    ) -> bool:
+        """Start a plain tools/call and have `respond` deliver what comes back; False if not plain."""
         if not lean.ready(connection):
             return False
         request_id = frame.get("id")
@@ -126,10 +144,10 @@ class LeanHttp:
         if call is None:
             return False
         self.calls[key] = call
-        self.gateway.metrics.lean_calls.labels("http").inc()
+        self.gateway.metrics.lean_calls.labels(face).inc()
         try:
             await lean.send(call, route.params)
-            await self._respond(session_id, call, exchange, send)
+            await respond(call, exchange)
         finally:
             if self.calls.get(key) is call:  # the server is shutting down under it
                 del self.calls[key]
@@ -154,14 +172,15 @@ class LeanHttp:
             events = b"".join(b"event: message\r\ndata: " + frame.rstrip() + b"\r\n\r\n" for frame in frames)
             await _body(send, events, more=not final)
 
-    async def _cancelled(self, session_id: str, frame: dict[str, Any], send: Send) -> bool:
+    async def cancel(self, session_id: str, frame: dict[str, Any], accepted: Callable[[], Awaitable[None]]) -> bool:
+        """A client's notifications/cancelled for one of its lean calls: acknowledged, and passed on."""
         request_id = lean.cancelled_id(frame)
         call = self.calls.pop((session_id, request_id), None) if request_id is not None else None
         if call is None:
             return False  # not ours: the SDK cancels its own requests
         lean.done(self.gateway, call, "failed")
-        call.session.put(b"", final=True)  # the POST waiting for it ends without an answer
-        await _send(send, 202, None, session_id, b"", more=False)
+        call.session.put(b"", final=True)  # the call's way back ends without an answer
+        await accepted()
         await lean.cancel_upstream(call, frame["params"].get("reason"))
         return True
 

@@ -64,12 +64,18 @@ class _ConnectionTracker:
 
     def __init__(self) -> None:
         self.connections: weakref.WeakSet[Connection] = weakref.WeakSet()
+        self.sse_sessions: Any = None
+        """Where a legacy SSE session's connection is known by its session id (faces/lean_sse.py)."""
 
     async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
         connection = ctx.session._connection  # noqa: SLF001 - the SDK exposes no public accessor
         if connection not in self.connections:
             self.connections.add(connection)
             connection.exit_stack.callback(self.connections.discard, connection)
+            query = getattr(ctx.request, "query_params", None)
+            session_id = query.get("session_id") if query is not None else None
+            if session_id and self.sse_sessions is not None:
+                self.sse_sessions[session_id] = connection
         if ctx.request_id is None:  # a notification causes no upstream requests to attribute
             return await call_next(ctx)
         token = CURRENT_CALLER.set(ctx)
