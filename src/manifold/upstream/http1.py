@@ -126,7 +126,6 @@ class Pool:
         self.connect_timeout = connect_timeout
         self.max_idle = max_idle
         self._idle: list[_Connection] = []
-        self.opened = 0  # connections ever opened (the bench and tests read it)
         self.closed = False
 
     def _head(self, method: str, target: str, headers: dict[str, str], length: int | None) -> bytes:
@@ -139,7 +138,6 @@ class Pool:
     async def _connect(self) -> _Connection:
         with anyio.fail_after(self.connect_timeout):
             stream = await anyio.connect_tcp(self.host, self.port)
-        self.opened += 1
         return _Connection(stream)
 
     @asynccontextmanager

@@ -297,9 +297,13 @@ class HttpChannel:
             CURRENT_CALLER.reset(token)
         return False
 
+    def _target(self) -> str | None:
+        """Where calls and notifications are POSTed: the pool's URL."""
+        return None
+
     async def _notify(self, frame: bytes) -> None:
         with suppress(HttpError, OSError):
-            async with self.pool.request("POST", self._headers(), frame) as response:
+            async with self.pool.request("POST", self._headers(), frame, target=self._target()) as response:
                 await response.read()
 
 
@@ -327,8 +331,11 @@ class SseChannel(HttpChannel):
     def _headers(self) -> dict[str, str]:
         return {"content-type": _JSON}
 
+    def _target(self) -> str | None:
+        return self._endpoint()  # the session's message endpoint (None only before the handshake)
+
     async def _exchange(self, request_id: int, frame: bytes) -> None:
-        target = self._endpoint()
+        target = self._target()
         if target is None:
             self._fail(request_id, INTERNAL_ERROR, "the server's message endpoint is not known")
             return
@@ -337,14 +344,6 @@ class SseChannel(HttpChannel):
         if response.status not in (200, 202):
             self.report.http_error = masker.mask(f"HTTP {response.status} from POST {self.pool.host}:{self.pool.port}{target}")
             self._fail(request_id, INTERNAL_ERROR, f"HTTP {response.status} from the server")
-
-    async def _notify(self, frame: bytes) -> None:
-        target = self._endpoint()
-        if target is None:
-            return
-        with suppress(HttpError, OSError):
-            async with self.pool.request("POST", self._headers(), frame, target=target) as response:
-                await response.read()
 
     def take(self, message: Any) -> bool:
         """True if `message` answers a raw call (then it went to the call, not to the session)."""
