@@ -77,20 +77,33 @@ def serve(
     """Serve the merged catalogue over stdio (default) or HTTP."""
     setup_logging(log_level, log_format)
     config = _load(config_path)
-    from manifold.gateway import Gateway
-    from manifold.tracing import setup_tracing
-
-    setup_tracing()
-
-    gateway = Gateway(config, reload=config.path is not None, watch=watch)
+    token = _api_token(api_token_file) if transport == "http" else None
     try:
-        if transport == "stdio":  # the store is opened once the face has answered
-            anyio.run(_serve_stdio, gateway, partial(_registry, gateway, db), backend_options=_loop_options())
-        else:
-            registry, api = _registry(gateway, db), _api_settings(api_token_file)
-            anyio.run(_serve_http, gateway, host, port, registry, api, backend_options=_loop_options())
+        anyio.run(
+            partial(_serve, config, transport=transport, watch=watch, db=db, host=host, port=port, token=token),
+            backend_options=_loop_options(),
+        )
     except KeyboardInterrupt:
         pass
+
+
+async def _serve(
+    config: GatewayConfig, *, transport: str, watch: bool, db: str | None, host: str, port: int, token: str | None
+) -> None:
+    from manifold.upstream.spawn import early_spawns
+
+    # The configured servers start first, and the imports below (a second or more)
+    # run while they come up; the gateway's connections then take them over.
+    async with early_spawns(config.servers.values()):
+        from manifold.gateway import Gateway
+        from manifold.tracing import setup_tracing
+
+        setup_tracing()
+        gateway = Gateway(config, reload=config.path is not None, watch=watch)
+        if transport == "stdio":  # the store is opened once the face has answered
+            await _serve_stdio(gateway, partial(_registry, gateway, db))
+        else:
+            await _serve_http(gateway, host, port, _registry(gateway, db), _api_settings(token))
 
 
 def _registry(gateway: Any, db: str | None) -> Any:
@@ -101,16 +114,21 @@ def _registry(gateway: Any, db: str | None) -> Any:
     return Registry(gateway, Store(db or default_db_url()))
 
 
-def _api_settings(api_token_file: str | None) -> Any:
-    """The API token (--api-token-file, else MANIFOLD_API_TOKEN); MANIFOLD_SHOW_SECRETS=1 unmasks secrets."""
-    from manifold.faces.rest import ApiSettings
-
+def _api_token(api_token_file: str | None) -> str | None:
+    """The API token: --api-token-file, else MANIFOLD_API_TOKEN; an empty file is refused."""
     token = os.environ.get("MANIFOLD_API_TOKEN") or None
     if api_token_file is not None:
         token = Path(api_token_file).read_text().strip() or None
         if token is None:
             click.echo(f"manifold: the token file {api_token_file} is empty", err=True)
             sys.exit(1)
+    return token
+
+
+def _api_settings(token: str | None) -> Any:
+    """The REST API's settings; MANIFOLD_SHOW_SECRETS=1 unmasks secrets."""
+    from manifold.faces.rest import ApiSettings
+
     show = os.environ.get("MANIFOLD_SHOW_SECRETS", "").lower() in ("1", "true", "yes")
     return ApiSettings(token=token, show_secrets=show)
 
@@ -133,32 +151,33 @@ async def _serve_stdio(gateway: Any, make_registry: Callable[[], Any] | None = N
         finally:
             finished.set()
 
-    async def until_finished(scope: anyio.CancelScope) -> None:
+    async def until_finished(stop: anyio.Event) -> None:
         await finished.wait()
-        scope.cancel()
+        stop.set()
 
     # Hot tools/call frames take the lean path (faces/stdio.py); the rest the SDK's server.
     async with serve_stdio(face) as (read, write, stdio), anyio.create_task_group() as tg:
         tg.start_soon(face.run_notifier)
+        # Until stdin ends or SIGINT/SIGTERM, watched from the first moment (the servers are
+        # already starting). Start-up itself is not cut short (opening a store does not take
+        # cancellation well); then what started is stopped in order, no hang.
+        stop = anyio.Event()
+        tg.start_soon(until_finished, stop)
+        tg.start_soon(_stop_on_signal, stop)
         async with AsyncExitStack() as running:
             # The face first: `initialize` is answered before the store is opened and the
-            # upstreams are spawned (twenty starting servers take the CPU for seconds, and every
-            # spawn holds the event loop). Calls and lists meanwhile wait for the servers, as for
+            # servers are taken over. Calls and lists meanwhile wait for the servers, as for
             # any server still starting; servers join the catalogue with list_changed.
             with gateway.adding_servers():
                 tg.start_soon(serve_face, read, write)
                 with anyio.move_on_after(FIRST_ANSWER_WAIT):  # a client that says nothing at first
                     await stdio.answered.wait()
-                # The upstreams first: they start on the other core while the store's modules import.
                 await running.enter_async_context(gateway.running())
                 registry = make_registry() if make_registry is not None else None
                 if registry is not None:
                     await running.enter_async_context(registry.running())
             _freeze_start_up()
-            # Until stdin ends or SIGINT/SIGTERM; then the upstreams are stopped in order, no hang.
-            async with anyio.create_task_group() as waiting:
-                waiting.start_soon(until_finished, waiting.cancel_scope)
-                waiting.start_soon(_stop_on_signal, waiting.cancel_scope)
+            await stop.wait()
         tg.cancel_scope.cancel()
 
 
@@ -174,13 +193,13 @@ def _freeze_start_up() -> None:
     gc.freeze()
 
 
-async def _stop_on_signal(scope: anyio.CancelScope) -> None:
-    """SIGINT or SIGTERM: cancel the serving scope, so every upstream is stopped on the way out."""
+async def _stop_on_signal(stop: anyio.Event) -> None:
+    """SIGINT or SIGTERM: serving stops, and every upstream is stopped on the way out."""
     import signal
 
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         async for _ in signals:
-            scope.cancel()
+            stop.set()
             return
 
 

@@ -25,6 +25,7 @@ from manifold.logging import masker
 from manifold.metrics import Metrics
 from manifold.search import Hit, SearchIndex, build_index
 from manifold.upstream.connection import ProgressFn, State, Upstream
+from manifold.upstream.spawn import stop_untaken
 
 log = structlog.get_logger("manifold.gateway")
 
@@ -98,6 +99,7 @@ class Gateway:
             self._tg = tg
             for name, config in self.config_servers.items():
                 self.add_server(name, config)
+            tg.start_soon(self._stop_untaken_spawns)
             if self.reload and self.config_path is not None:
                 from manifold.reload import watch_config
 
@@ -109,6 +111,11 @@ class Gateway:
                     upstream.stop()
                 tg.cancel_scope.cancel()
                 self._tg = None
+
+    async def _stop_untaken_spawns(self) -> None:
+        """Processes started early for servers that turned out not to want them (see upstream/spawn.py)."""
+        await self.wait_settled()
+        await stop_untaken()
 
     @contextmanager
     def adding_servers(self) -> Iterator[None]:

@@ -2,7 +2,7 @@
 
     python tests/upstreams/fixture_server.py [--transport stdio|streamable-http|sse]
         [--host 127.0.0.1] [--port 0] [--name NAME] [--tools N] [--long-names]
-        [--require-header NAME=VALUE ...] [--crash-on-start] [--json-response]
+        [--require-header NAME=VALUE ...] [--crash-on-start] [--json-response] [--record-start FILE]
 
 Over HTTP it binds its socket itself and, once it accepts requests, prints exactly one line
 `LISTENING http://<host>:<port>` to stdout (with `--port 0` that is how the port is found).
@@ -20,12 +20,14 @@ What it offers (NAME is `--name`, default "fixture"):
 
 `--require-header NAME=VALUE` (repeatable, HTTP only): a request without that exact header value
 gets HTTP 401. `--crash-on-start`: write one line to stderr and exit with status 3.
+`--record-start FILE`: append the process's pid to FILE as it starts (tests count starts).
 
 Self-contained on purpose (it needs only the `mcp` SDK), so it runs with any environment.
 """
 
 import argparse
 import logging
+import os
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -243,6 +245,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--crash-on-start", action="store_true")
     parser.add_argument("--json-response", action="store_true", help="streamable HTTP: answer POSTs with JSON, not SSE")
     parser.add_argument("--log-level", default="WARNING")
+    parser.add_argument("--record-start", metavar="FILE", help="append this process's pid to FILE when it starts")
     return parser.parse_args(argv)
 
 
@@ -268,6 +271,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(CRASH_MESSAGE, file=sys.stderr, flush=True)
         return CRASH_EXIT_CODE
 
+    if args.record_start:
+        with open(args.record_start, "a") as starts:
+            starts.write(f"{os.getpid()}\n")
     mcp = build_server(args.name, tools=args.tools, long_names=args.long_names)
     if args.transport == "stdio":
         mcp.run("stdio")

@@ -19,12 +19,7 @@ stdin and stdout), with what a long-running gateway needs on top:
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager, suppress
 from typing import Any, Protocol
@@ -34,7 +29,6 @@ import anyio.lowlevel
 import mcp_types as types
 import structlog
 from anyio.abc import Process
-from mcp.client.stdio import get_default_environment
 from mcp.shared.message import SessionMessage
 from mcp_types import INTERNAL_ERROR, ErrorData, JSONRPCError
 
@@ -42,6 +36,7 @@ from manifold.config import StdioServerConfig
 from manifold.logging import masker
 from manifold.upstream import reaper
 from manifold.upstream.report import STDERR_LINE_CHARS, TransportReport
+from manifold.upstream.spawn import Watch, spawn
 
 log = structlog.get_logger("manifold.upstream")
 
@@ -70,43 +65,20 @@ _TAIL_WINDOW = 96
 _STDIN_HIGH_WATER = 256 * 1024
 
 
-def resolve_command(command: str, env: dict[str, str]) -> str:
-    """The executable to run, looked up on the server's own PATH; a clear error if there is none."""
-    found = shutil.which(command, path=env.get("PATH", os.defpath))
-    if found is None:
-        raise FileNotFoundError(f"command not found: {command}")
-    return found
-
-
 @asynccontextmanager
 async def open_stdio(
     config: StdioServerConfig, report: TransportReport | None = None
 ) -> AsyncIterator[tuple[Any, Any]]:
-    """Start the server under a reaper and yield the session's (read, write) streams."""
+    """Start the server under a reaper (or take its early start) and yield the session's streams."""
     report = report if report is not None else TransportReport()
-    env = get_default_environment() | (config.env or {})
-    command = resolve_command(config.command, env)
-    watch_r, watch_w = os.pipe()  # both ends close-on-exec; only the reaper gets watch_r
-    watch = _Watch(watch_w)
+    spawned = await spawn(config)
     try:
-        started = time.perf_counter()
-        try:
-            process = await anyio.open_process(
-                reaper.command_line(sys.executable, watch_r, command, list(config.args)),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                env=env,
-                start_new_session=True,
-                pass_fds=(watch_r,),
-            )
-        finally:
-            os.close(watch_r)
-        report.spawn_seconds = time.perf_counter() - started
+        process = spawned.process
+        report.spawn_seconds = spawned.seconds
         report.pid = process.pid
         # Whatever happens from here, the finally below closes the watch pipe,
         # and that alone has the reaper take the server's group down.
-        pipes = _StdioPipes(process, report, watch)
+        pipes = _StdioPipes(process, report, spawned.watch)
         report.raw = pipes
         async with anyio.create_task_group() as tg:
             tg.start_soon(pipes.read_stdout)
@@ -122,20 +94,7 @@ async def open_stdio(
                 tg.cancel_scope.cancel()
     finally:
         report.raw = None
-        watch.close()
-
-
-class _Watch:
-    """Manifold's end of the reaper's watch pipe, closed exactly once (fd numbers are reused)."""
-
-    def __init__(self, fd: int) -> None:
-        self._fd: int | None = fd
-
-    def close(self) -> None:
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            with suppress(OSError):
-                os.close(fd)
+        spawned.watch.close()
 
 
 class RawCall(Protocol):
@@ -162,7 +121,7 @@ class _StdioPipes:
     and the stdout reader hands the matching response line straight back.
     """
 
-    def __init__(self, process: Process, report: TransportReport, watch: _Watch) -> None:
+    def __init__(self, process: Process, report: TransportReport, watch: Watch) -> None:
         self.process = process
         self.report = report
         self.watch = watch
