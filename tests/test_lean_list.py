@@ -144,7 +144,7 @@ def lean_lists(base: str) -> int:
 
 
 def message_of(response: httpx2.Response) -> dict[str, Any]:
-    """The one JSON-RPC message of a POST's answer, sent as JSON (the lean path) or SSE (the SDK's)."""
+    """The one JSON-RPC message of a POST's answer, sent as JSON or SSE."""
     assert response.status_code == 200, response.text
     if response.headers["content-type"].startswith("application/json"):
         return dict(response.json())
@@ -169,8 +169,9 @@ async def raw_session(http: httpx2.AsyncClient, url: str, version: str) -> Async
         response = await http.post(url, headers=headers, json=body)
         message = message_of(response)
         assert message["id"] == body["id"]
-        if response.headers["content-type"].startswith("application/json"):
-            assert response.headers["mcp-session-id"] == headers["Mcp-Session-Id"]
+        # Lean or not, framed as the SDK's transport frames an answer.
+        assert response.headers["content-type"].startswith("text/event-stream")
+        assert response.headers["mcp-session-id"] == headers["Mcp-Session-Id"]
         return {key: message[key] for key in ("result", "error") if key in message}
 
     try:

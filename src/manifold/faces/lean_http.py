@@ -8,8 +8,8 @@ what plain is) the session manager hands the buffered body here instead: the
 call goes to the upstream's raw channel, and its answer goes back as the body
 of this POST — JSON when nothing else came first, else an SSE stream whose
 events are the log lines the upstream sent during the call, then the answer.
-A plain tools/list is answered at once, as JSON, with the face's cached page
-(faces/mcp.py `ToolPages`).
+A plain tools/list is answered at once with the face's cached page
+(faces/mcp.py `ToolPages`), framed as the SDK's transport frames an answer.
 
 What the SDK's transport checks first is checked here too (Host/Origin, the
 session's owner, Accept and Content-Type); a request that fails any check,
@@ -104,9 +104,11 @@ class LeanHttp:
         *,
         get_stream: bool,
         query: Mapping[str, str] | None,
+        sse: bool,
     ) -> bool:
         """Serve this POST if it is a plain tools/call, cancels one, or is a plain tools/list (`query`
-        is its query string, where a client asks for a mode); False to leave it to the SDK."""
+        is its query string, where a client asks for a mode; `sse`: a list's answer is an SSE event,
+        as the SDK's would be); False to leave it to the SDK."""
         frame = lean.parse(body)
         if frame is None:
             return False
@@ -114,7 +116,10 @@ class LeanHttp:
             answer = self.face.lean_list(connection, frame, query, "http")
             if answer is None:
                 return False
-            await _send(send, 200, "application/json", session_id, answer, more=False)
+            if sse:
+                await _send(send, 200, "text/event-stream", session_id, _event(answer), more=False)
+            else:
+                await _send(send, 200, "application/json", session_id, answer, more=False)
             return True
         if frame["method"] == "tools/call":
 
@@ -188,7 +193,7 @@ class LeanHttp:
             if not started:
                 await _send(send, 200, "text/event-stream", session_id, b"", more=True)
                 started = True
-            events = b"".join(b"event: message\r\ndata: " + frame.rstrip() + b"\r\n\r\n" for frame in frames)
+            events = b"".join(_event(frame) for frame in frames)
             await _body(send, events, more=not final)
 
     async def cancel(self, session_id: str, frame: dict[str, Any], accepted: Callable[[], Awaitable[None]]) -> bool:
@@ -213,6 +218,11 @@ def _unaskable(connection: Connection) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # roots is deprecated in 2026-07-28, alive before
         return capabilities.sampling is None and capabilities.elicitation is None and capabilities.roots is None
+
+
+def _event(frame: bytes) -> bytes:
+    """One JSON-RPC frame as an SSE `message` event."""
+    return b"".join((b"event: message\r\ndata: ", frame.rstrip(), b"\r\n\r\n"))
 
 
 async def _send(send: Send, status: int, content_type: str | None, session_id: str, body: bytes, *, more: bool) -> None:

@@ -300,7 +300,13 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         if not (has_json and (has_sse or self.json_response)) or content_type != "application/json":
             return False
         return await self.lean.handle(
-            session_id, connection, body, send, get_stream=self._has_stream(session_id), query=request.query_params
+            session_id,
+            connection,
+            body,
+            send,
+            get_stream=self._has_stream(session_id),
+            query=request.query_params,
+            sse=not self.json_response,
         )
 
     async def _serve_opening_request(
