@@ -41,8 +41,8 @@ def proto_command(*args: str) -> list[str]:
 
 
 @contextmanager
-def http_gateway(tmp_path: Path, servers: dict[str, Any]) -> Iterator[str]:
-    config = write_config(tmp_path, servers)
+def http_gateway(tmp_path: Path, servers: dict[str, Any], **settings: Any) -> Iterator[str]:
+    config = write_config(tmp_path, servers, **settings)
     cmd = [PYTHON, "-m", "manifold", "serve", "--transport", "http", "--port", "0", "--config", str(config)]
     env = subprocess_env({"MANIFOLD_DB": f"sqlite+aiosqlite:///{tmp_path / 'm.db'}"})
     with running_process(cmd, env=env) as (_, base):

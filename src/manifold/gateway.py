@@ -147,6 +147,10 @@ class Gateway:
                 self._state_changed = anyio.Event()
                 await self._state_changed.wait()
 
+    def settled(self) -> bool:
+        """Whether `wait_settled` would return at once (a face that must not wait checks this)."""
+        return not self._starting()
+
     def _starting(self) -> bool:
         if not self._servers_added.is_set():
             return True

@@ -67,6 +67,12 @@ class Metrics:
             ["face"],
             registry=self.registry,
         )
+        self.lean_lists = Counter(
+            "manifold_lean_tool_lists",
+            "tools/list requests answered with a cached, encoded page (no SDK session), by face.",
+            ["face"],
+            registry=self.registry,
+        )
 
     def watch(self, gateway: Gateway, clients: Callable[[], int] = lambda: 0) -> None:
         self.registry.register(_GatewayCollector(gateway, clients))

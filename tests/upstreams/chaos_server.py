@@ -1,7 +1,7 @@
 """A misbehaving MCP server over stdio, for Manifold's supervision and isolation tests.
 
     python tests/upstreams/chaos_server.py [--name NAME] [--crash-on-start] [--hang-on-start]
-        [--banner N] [--stderr TEXT ...]
+        [--banner N] [--stderr TEXT ...] [--nulls]
 
 Hand-written JSON-RPC on the standard library only, so it starts in a few
 milliseconds (the SDK import takes one to two seconds) and can break the
@@ -25,6 +25,8 @@ Every `notifications/cancelled` is written to stderr as `cancelled request <id>:
 `--hang-on-start`: reads requests but never answers `initialize`.
 `--banner N`: writes N lines of log text to stdout before serving (as careless servers do).
 `--stderr TEXT`: a line written to stderr at start (repeatable).
+`--nulls`: its tool definitions carry null fields (`title`, `outputSchema`, an annotation's
+`title`) that an SDK's server would leave out; the protocol's shape of a list has none.
 """
 
 from __future__ import annotations
@@ -83,9 +85,10 @@ TOOLS: dict[str, dict[str, Any]] = {
 
 
 class Server:
-    def __init__(self, name: str, hang_on_start: bool) -> None:
+    def __init__(self, name: str, hang_on_start: bool, *, nulls: bool = False) -> None:
         self.name = name
         self.hang_on_start = hang_on_start
+        self.nulls = nulls
         self.extra_tools: list[str] = []
 
     def text(self, request_id: Any, text: str, *, is_error: bool = False) -> None:
@@ -129,6 +132,9 @@ class Server:
                 {"name": tool, "description": "added at run time", "inputSchema": _schema()}
                 for tool in self.extra_tools
             ]
+            if self.nulls:
+                for tool in tools:
+                    tool.update(title=None, outputSchema=None, annotations={"title": None, "readOnlyHint": True})
             send({"jsonrpc": "2.0", "id": request_id, "result": {"tools": tools}})
         elif method == "tools/call":
             self.call(request_id, params.get("name"), params.get("arguments") or {})
@@ -186,6 +192,7 @@ def main() -> int:
     parser.add_argument("--hang-on-start", action="store_true")
     parser.add_argument("--banner", type=int, default=0)
     parser.add_argument("--stderr", action="append", default=[])
+    parser.add_argument("--nulls", action="store_true")
     args = parser.parse_args()
     for line in args.stderr:
         log(line)
@@ -195,7 +202,7 @@ def main() -> int:
         return CRASH_EXIT_CODE
     for i in range(args.banner):
         write_raw(f"{args.name} banner line {i}: starting up".encode())
-    server = Server(args.name, args.hang_on_start)
+    server = Server(args.name, args.hang_on_start, nulls=args.nulls)
     for raw in sys.stdin.buffer:
         try:
             message = json.loads(raw)

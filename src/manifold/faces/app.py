@@ -99,7 +99,7 @@ def create_app(
     security = security_settings(host)
     tokens, shared_secret = SessionTokens.from_env()
     sessions = SharedSessionManager(app=face.server, security_settings=security, tokens=tokens)
-    sessions.lean = LeanHttp(gateway)
+    sessions.lean = LeanHttp(face)
     if registry is not None and registry.store.shared:
         sessions.relay = registry.publish_message
         registry.add_message_listener(sessions.deliver)

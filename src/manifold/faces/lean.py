@@ -10,7 +10,9 @@ a 2026-07-28 client, tracing on, a server on SSE or behind a proxy) takes the
 full path, whose behaviour this one copies: a lean call is a caller (sampling,
 elicitation, roots and logs during it reach its client), is cancelled upstream
 when its client cancels it, times out like any call, fails at once when its
-server goes away, and is counted in the metrics.
+server goes away, and is counted in the metrics. A plain tools/list is
+answered here too, with the face's cached page as it was encoded once
+(faces/mcp.py `ToolPages`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ if TYPE_CHECKING:
 
 HOT = b'"tools/call"'
 CANCEL = b'"notifications/cancelled"'
+LIST = b'"tools/list"'
+_METHODS = frozenset({"tools/call", "notifications/cancelled", "tools/list"})
 _IS_ERROR = re.compile(rb'"isError"\s*:\s*true')
 _PLAIN_PARAMS = frozenset({"name", "arguments", "_meta"})
 ENVELOPE_KEYS = frozenset(
@@ -50,14 +54,14 @@ ENVELOPE_KEYS = frozenset(
 
 
 def parse(data: bytes) -> dict[str, Any] | None:
-    """A JSON-RPC tools/call or notifications/cancelled frame, else None (the SDK's to judge)."""
+    """A JSON-RPC tools/call, tools/list or notifications/cancelled frame, else None (the SDK's to judge)."""
     try:
         frame = json.loads(data)
     except ValueError:
         return None
     if not isinstance(frame, dict) or frame.get("jsonrpc") != "2.0":
         return None
-    return frame if frame.get("method") in ("tools/call", "notifications/cancelled") else None
+    return frame if frame.get("method") in _METHODS else None
 
 
 def ready(connection: Any) -> bool:
@@ -67,6 +71,11 @@ def ready(connection: Any) -> bool:
 
 def dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":")).encode() + b"\n"
+
+
+def result_frame(request_id: int | str, result: bytes) -> bytes:
+    """A JSON-RPC answer around an already encoded result (a cached tools/list page)."""
+    return b"".join((b'{"jsonrpc":"2.0","id":', json.dumps(request_id).encode(), b',"result":', result, b"}\n"))
 
 
 Finish = Callable[["LeanCall", bytes, str], None]

@@ -1,4 +1,4 @@
-"""The HTTP face's lean path: a plain tools/call POST answered without the SDK's server.
+"""The HTTP face's lean path: a plain tools/call or tools/list POST answered without the SDK's server.
 
 The SDK's streamable-HTTP server parses every POST into models, hands it to
 the session's dispatcher over memory streams, and answers on an SSE response
@@ -8,6 +8,8 @@ what plain is) the session manager hands the buffered body here instead: the
 call goes to the upstream's raw channel, and its answer goes back as the body
 of this POST — JSON when nothing else came first, else an SSE stream whose
 events are the log lines the upstream sent during the call, then the answer.
+A plain tools/list is answered at once with the face's cached page
+(faces/mcp.py `ToolPages`), framed as the SDK's transport frames an answer.
 
 What the SDK's transport checks first is checked here too (Host/Origin, the
 session's owner, Accept and Content-Type); a request that fails any check,
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -32,7 +34,7 @@ from manifold.faces import lean
 from manifold.faces.lean import LeanCall
 
 if TYPE_CHECKING:
-    from manifold.gateway import Gateway
+    from manifold.faces.mcp import McpFace
 
 
 class _Exchange:
@@ -86,17 +88,39 @@ class _Exchange:
 
 
 class LeanHttp:
-    """Lean tools/call for the streamable-HTTP face's sessions."""
+    """Lean tools/call and tools/list for the streamable-HTTP face's sessions."""
 
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, face: McpFace) -> None:
+        self.face = face
+        self.gateway = face.gateway
         self.calls: dict[tuple[str, int | str], LeanCall] = {}
 
-    async def handle(self, session_id: str, connection: Connection, body: bytes, send: Send, *, get_stream: bool) -> bool:
-        """Serve this POST if it is a plain tools/call or cancels one; False to leave it to the SDK."""
+    async def handle(
+        self,
+        session_id: str,
+        connection: Connection,
+        body: bytes,
+        send: Send,
+        *,
+        get_stream: bool,
+        query: Mapping[str, str] | None,
+        sse: bool,
+    ) -> bool:
+        """Serve this POST if it is a plain tools/call, cancels one, or is a plain tools/list (`query`
+        is its query string, where a client asks for a mode; `sse`: a list's answer is an SSE event,
+        as the SDK's would be); False to leave it to the SDK."""
         frame = lean.parse(body)
         if frame is None:
             return False
+        if frame["method"] == "tools/list":
+            answer = self.face.lean_list(connection, frame, query, "http")
+            if answer is None:
+                return False
+            if sse:
+                await _send(send, 200, "text/event-stream", session_id, _event(answer), more=False)
+            else:
+                await _send(send, 200, "application/json", session_id, answer, more=False)
+            return True
         if frame["method"] == "tools/call":
 
             async def respond(call: LeanCall, exchange: _Exchange) -> None:
@@ -169,7 +193,7 @@ class LeanHttp:
             if not started:
                 await _send(send, 200, "text/event-stream", session_id, b"", more=True)
                 started = True
-            events = b"".join(b"event: message\r\ndata: " + frame.rstrip() + b"\r\n\r\n" for frame in frames)
+            events = b"".join(_event(frame) for frame in frames)
             await _body(send, events, more=not final)
 
     async def cancel(self, session_id: str, frame: dict[str, Any], accepted: Callable[[], Awaitable[None]]) -> bool:
@@ -194,6 +218,11 @@ def _unaskable(connection: Connection) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # roots is deprecated in 2026-07-28, alive before
         return capabilities.sampling is None and capabilities.elicitation is None and capabilities.roots is None
+
+
+def _event(frame: bytes) -> bytes:
+    """One JSON-RPC frame as an SSE `message` event."""
+    return b"".join((b"event: message\r\ndata: ", frame.rstrip(), b"\r\n\r\n"))
 
 
 async def _send(send: Send, status: int, content_type: str | None, session_id: str, body: bytes, *, more: bool) -> None:

@@ -112,6 +112,8 @@ class LeanSse:
             return False
         if frame["method"] == "notifications/cancelled":
             return await self.lean.cancel(session_id, frame, lambda: _accepted(send))
+        if frame["method"] != "tools/call":
+            return False  # a tools/list: the SDK's server answers it here (from the cached pages)
 
         async def respond(call: LeanCall, exchange: _Exchange) -> None:
             await _accepted(send)

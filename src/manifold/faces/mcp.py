@@ -11,8 +11,8 @@ import base64
 import json
 import warnings
 import weakref
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
 
 import anyio
 import mcp_types as types
@@ -25,11 +25,14 @@ from mcp.server.models import InitializationOptions
 from mcp.shared.exceptions import MCPError
 from mcp.shared.message import ServerMessageMetadata
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST
+from mcp_types.methods import serialize_server_result
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
+from pydantic import ValidationError
 
-from manifold import __version__
+from manifold import __version__, tracing
 from manifold.callers import CURRENT_CALLER
 from manifold.catalog import Catalog
+from manifold.faces import lean
 from manifold.faces.disclosure import META_NAMES, MODES, Disclosure
 from manifold.gateway import Gateway
 from manifold.upstream.connection import Upstream
@@ -114,48 +117,100 @@ class _FastToolCall:
         return await self.face.call_tool(ctx, name, arguments)
 
 
-class _ListCache:
-    """tools/list pages as the SDK shaped them, kept until the catalogue (or settings) change.
+class ListedPage(NamedTuple):
+    """One tools/list page as it goes on the wire: the result and its JSON."""
 
-    The SDK validates and sieves every result against the protocol models: for
-    a catalogue of 1,000 tools that is most of the time a list takes. The
-    pages only change with the catalogue, so each is shaped once. The cached
-    dict goes back through the SDK's pipeline (which copies it), so what the
-    client gets is exactly what the full path gave.
+    result: dict[str, Any]
+    encoded: bytes
+
+
+def plain_list(params: Any) -> bool:
+    """tools/list params a cached page answers: none, or a cursor and `_meta` of the right types."""
+    if params is None:
+        return True
+    return (
+        isinstance(params, Mapping)
+        and params.keys() <= {"cursor", "_meta"}
+        and isinstance(params.get("cursor"), str | None)
+        and isinstance(params.get("_meta"), Mapping | None)
+    )
+
+
+def remember_mode(state: dict[str, Any], query: Mapping[str, str] | None) -> str | None:
+    """The mode a client asked for (`/mcp?mode=search`): read from its first request, kept for its session."""
+    if "manifold_mode" not in state:
+        state["manifold_mode"] = query.get("mode") if query is not None else None
+    mode: str | None = state["manifold_mode"]
+    return mode
+
+
+class ToolPages:
+    """tools/list pages shaped and encoded once per catalogue, for every path that answers a list.
+
+    The SDK validates, sieves (per protocol version) and encodes every result:
+    for a catalogue of 1,000 tools that is most of the CPU a list costs. The
+    pages only change with the catalogue (or settings), so each page of each
+    (protocol version, requested mode, cursor) is built by the handler's code,
+    shaped by the SDK's sieve once, and kept with its JSON: the lean paths
+    send the bytes, the SDK's path the dict.
     """
 
     def __init__(self, face: McpFace) -> None:
         self.face = face
-        self.pages: dict[tuple[str | None, str | None], Any] = {}
+        self._pages: dict[tuple[str, str | None, str | None], ListedPage] = {}
         self._catalog: Catalog | None = None
         self._settings: Any = None
 
-    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
-        params = ctx.params or {}
-        cursor = params.get("cursor")
-        if (
-            ctx.method != "tools/list"
-            or ctx.protocol_version in MODERN_PROTOCOL_VERSIONS
-            or not ctx.session._connection.initialize_accepted  # noqa: SLF001
-            or not params.keys() <= {"cursor", "_meta"}
-            or not (cursor is None or isinstance(cursor, str))
-        ):
-            return await call_next(ctx)
-        requested = self.face._requested_mode(ctx)
-        if requested is not None and requested not in MODES:
-            return await call_next(ctx)
+    def get(self, version: str, requested: str | None, cursor: str | None) -> ListedPage | None:
+        """The page, built on a miss; None when the SDK must answer (servers still on their first
+        connection, a 2026-07-28 client, an unknown mode, a bad cursor: its wait, envelope or error)."""
         gateway = self.face.gateway
-        await gateway.wait_settled()
+        if version in MODERN_PROTOCOL_VERSIONS or (requested is not None and requested not in MODES):
+            return None
+        if not gateway.settled():
+            return None
         catalog, settings = gateway.catalog, gateway.settings
         if catalog is not self._catalog or settings is not self._settings:
-            self.pages, self._catalog, self._settings = {}, catalog, settings
-        key = (requested, cursor)
-        page = self.pages.get(key)
+            self._pages, self._catalog, self._settings = {}, catalog, settings
+        key = (version, requested, cursor)
+        page = self._pages.get(key)
         if page is None:
-            page = await call_next(ctx)
-            if gateway.catalog is catalog and gateway.settings is settings:
-                self.pages[key] = page
+            try:
+                page = self._build(version, requested, cursor)
+            except (MCPError, ValidationError):
+                return None
+            if gateway.catalog is catalog and gateway.settings is settings:  # never a page of an older catalogue
+                self._pages[key] = page
         return page
+
+    def _build(self, version: str, requested: str | None, cursor: str | None) -> ListedPage:
+        face = self.face
+        page = face._slice("tools", "tools", cursor, face.disclosure.effective_mode(requested))
+        hint = face.server.cache_hints.get("tools/list")
+        if hint is not None:  # as the SDK's runner does before its sieve (`ServerRunner._serialize`)
+            page = {"ttlMs": hint.ttl_ms, "cacheScope": hint.scope, **page}
+        result = serialize_server_result("tools/list", version, page)
+        return ListedPage(result, json.dumps(result, separators=(",", ":")).encode())
+
+
+class _ListCache:
+    """tools/list from the face's pages on the SDK's path too (the /sse face, a request the lean
+    paths leave alone): the SDK's pipeline copies the cached dict, so the client gets the same."""
+
+    def __init__(self, face: McpFace) -> None:
+        self.face = face
+
+    async def __call__(self, ctx: ServerRequestContext[Any, Any], call_next: CallNext) -> HandlerResult:
+        if (
+            ctx.method != "tools/list"
+            or not lean.ready(ctx.session._connection)  # noqa: SLF001
+            or not plain_list(ctx.params)
+        ):
+            return await call_next(ctx)
+        await self.face.gateway.wait_settled()
+        cursor = (ctx.params or {}).get("cursor")
+        page = self.face.pages.get(ctx.protocol_version, self.face._requested_mode(ctx), cursor)
+        return page.result if page is not None else await call_next(ctx)
 
 
 class McpFace:
@@ -169,6 +224,7 @@ class McpFace:
         self._wake = anyio.Event()
         self.subscriptions: dict[str, weakref.WeakSet[Connection]] = {}
         self.disclosure = Disclosure(gateway)
+        self.pages = ToolPages(self)
         self.server = self._build()
         gateway.add_listener(self._on_catalog_change)
         gateway.bridge = self
@@ -225,11 +281,26 @@ class McpFace:
 
     def _requested_mode(self, ctx: ServerRequestContext[Any, Any]) -> str | None:
         """The mode this client asked for (`/mcp?mode=search`), if any."""
-        state = ctx.session._connection.state  # noqa: SLF001
-        if "manifold_mode" not in state:
-            query = getattr(ctx.request, "query_params", None)
-            state["manifold_mode"] = query.get("mode") if query is not None else None
-        return state["manifold_mode"]
+        return remember_mode(ctx.session._connection.state, getattr(ctx.request, "query_params", None))  # noqa: SLF001
+
+    def lean_list(
+        self, connection: Connection, frame: dict[str, Any], query: Mapping[str, str] | None, face: str
+    ) -> bytes | None:
+        """The whole answer to a plain tools/list frame, from the cached page; None leaves it to the SDK.
+
+        `query` is the request's query string (HTTP), read as `_requested_mode` reads it.
+        """
+        request_id, params = frame.get("id"), frame.get("params")
+        if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+            return None
+        if tracing.enabled or not lean.ready(connection) or not plain_list(params):
+            return None
+        cursor = (params or {}).get("cursor")
+        page = self.pages.get(connection.protocol_version, remember_mode(connection.state, query), cursor)
+        if page is None:
+            return None
+        self.gateway.metrics.lean_lists.labels(face).inc()
+        return lean.result_frame(request_id, page.encoded)
 
     def _mode(self, ctx: ServerRequestContext[Any, Any]) -> str:
         """The catalogue mode of this client: `/mcp?mode=search` overrides the gateway's."""
@@ -314,10 +385,14 @@ class McpFace:
         # (bounded by their connect timeout): clients that list once at start-up
         # and ignore list_changed still see everything that came up.
         await self.gateway.wait_settled()
+        return self._slice(kind, key, params.cursor if params else None, mode)
+
+    def _slice(self, kind: str, key: str, cursor: str | None, mode: str = "full") -> dict[str, Any]:
+        """The page of `kind` at `cursor` (MCPError for a cursor this face did not hand out)."""
         items: Sequence[dict[str, Any]] = (
             self.disclosure.listed_tools(mode) if kind == "tools" else getattr(self.gateway.catalog, kind)
         )
-        start = _decode_cursor(params.cursor) if params and params.cursor else 0
+        start = _decode_cursor(cursor) if cursor else 0
         end = start + self.page_size
         result: dict[str, Any] = {key: list(items[start:end])}
         if end < len(items):

@@ -278,12 +278,14 @@ class SharedSessionManager(StreamableHTTPSessionManager):
             body, receive = await _buffer_body(receive)
             if await self._relayed(session_id, scope, body, send):
                 return
-            if (lean.HOT in body or lean.CANCEL in body) and await self._lean(session_id, scope, body, send):
+            if (lean.HOT in body or lean.CANCEL in body or lean.LIST in body) and await self._lean(
+                session_id, scope, body, send
+            ):
                 return
         await super()._handle_stateful_request(scope, receive, send)
 
     async def _lean(self, session_id: str, scope: Scope, body: bytes, send: Send) -> bool:
-        """Hand a plain tools/call (or its cancellation) to the lean path, if the SDK would take it."""
+        """Hand a plain tools/call (or its cancellation) or tools/list to the lean path, if the SDK would take it."""
         connection = self._connections.get(session_id)
         transport = self._server_instances[session_id]
         if self.lean is None or connection is None or transport.is_terminated:
@@ -297,7 +299,15 @@ class SharedSessionManager(StreamableHTTPSessionManager):
         content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if not (has_json and (has_sse or self.json_response)) or content_type != "application/json":
             return False
-        return await self.lean.handle(session_id, connection, body, send, get_stream=self._has_stream(session_id))
+        return await self.lean.handle(
+            session_id,
+            connection,
+            body,
+            send,
+            get_stream=self._has_stream(session_id),
+            query=request.query_params,
+            sse=not self.json_response,
+        )
 
     async def _serve_opening_request(
         self, http_transport: StreamableHTTPServerTransport, scope: Scope, receive: Receive, send: Send

@@ -4,9 +4,11 @@ The SDK's `stdio_server()` hops to a worker thread for every line it reads and
 writes, and every frame is parsed into models, dispatched and re-serialised.
 That is most of the gateway's cost per call. Here stdin is read on the event
 loop (`StdinLines`) and stdout written with non-blocking writes; a plain
-tools/call goes the lean way, everything else (initialize, notifications,
-server-to-client requests, lists, resources, any unusual call) through the
-SDK's server as before.
+tools/call goes the lean way, a plain tools/list is answered with the cached
+page's bytes, everything else (initialize, notifications, server-to-client
+requests, other lists, resources, anything unusual) through the SDK's server
+as before. Every frame, lean or the SDK's, is one `FrameWriter.write`, so
+frames never interleave.
 """
 
 from __future__ import annotations
@@ -138,13 +140,14 @@ class StdioFace:
         self.answered = anyio.Event()  # the first frame is out (the answer to `initialize`)
         self.early = early
         self.lean_calls = 0  # how many calls took the lean path (tests and the bench read it)
+        self.lean_lists = 0  # how many tools/list were answered from the cached page
 
     # --- the two SDK streams ------------------------------------------------------
 
     async def read(self, sink: Any) -> None:
         async with sink:
             while (line := await self.stdin.read_line()) is not None:
-                if (lean.HOT in line or lean.CANCEL in line) and await self._lean(line):
+                if (lean.HOT in line or lean.CANCEL in line or lean.LIST in line) and await self._lean(line):
                     continue
                 try:
                     message = types.jsonrpc_message_adapter.validate_json(line, by_name=False)
@@ -193,7 +196,19 @@ class StdioFace:
             return False
         if frame["method"] == "tools/call":
             return await self._call(frame)
+        if frame["method"] == "tools/list":
+            return self._list(frame)
         return await self._cancelled(frame)
+
+    def _list(self, frame: dict[str, Any]) -> bool:
+        """A plain tools/list: the cached page, written at once (no wait: the read loop goes on)."""
+        connection = self._client()
+        answer = self.face.lean_list(connection, frame, None, "stdio") if connection is not None else None
+        if answer is None:
+            return False
+        self.writer.write(answer)
+        self.lean_lists += 1
+        return True
 
     async def _call(self, frame: dict[str, Any]) -> bool:
         connection = self._client()
@@ -296,4 +311,4 @@ async def serve_stdio(face: McpFace, stdin: StdinLines | None = None) -> AsyncIt
         writer.close()
         stdio.stdin.close()
         _release_stdout(private)
-        log.info("stdio client gone", lean_calls=stdio.lean_calls)
+        log.info("stdio client gone", lean_calls=stdio.lean_calls, lean_lists=stdio.lean_lists)
