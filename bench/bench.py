@@ -660,6 +660,8 @@ async def time_lists(
     cold = time.perf_counter() - t0
     if len(tools) != expected:
         raise RuntimeError(f"tools/list returned {len(tools)} tools, expected {expected}")
+    for _ in range(warm):  # warm-up: the gateway may still be busy with its own start-up just after "ready"
+        await list_all_tools(session)
     warm_samples = []
     upstreams = tagged_pids(upstream_tag) if upstream_tag else []
     cpu0, up0 = cpu_seconds(pid), sum(cpu_seconds(p) or 0.0 for p in upstreams)
@@ -1181,7 +1183,7 @@ def report(
         out.append(
             f"3. Catalogue — tools/list through Manifold's HTTP face over stdio upstreams vs one streamable-HTTP "
             f"server listing as many tools (ms, the whole list incl. the client's parsing; cold = the first "
-            f"list the process serves once every upstream is ready, warm = median of the next {s.catalog_warm})"
+            f"list the process serves once every upstream is ready, warm = median of {s.catalog_warm} after {s.catalog_warm} more unmeasured)"
         )
         rows = []
         for servers, per_server in s.catalogs:

@@ -185,6 +185,29 @@ async def test_a_new_database_reaches_head_and_works(db_url: str) -> None:
     assert await versions(db_url) == [HEAD]
 
 
+async def test_a_new_database_is_created_at_head_without_importing_alembic(db_url: str) -> None:
+    """A first start builds the tables from the metadata and stamps head (Alembic's recipe for a
+    new database) instead of importing Alembic and replaying every revision; Alembic reads it."""
+    script = (
+        "import sys, anyio\n"
+        "from manifold.store import Store\n"
+        "async def main():\n"
+        "    async with Store(sys.argv[1]).open() as store:\n"
+        "        await store.create_server('alpha', {'mcp_server_type': 'streamable_http', 'server_url': 'http://127.0.0.1:1/mcp'})\n"
+        "anyio.run(main)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))\n"
+    )
+    done = subprocess.run([PYTHON, "-c", script, db_url], env=subprocess_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[-1] == "[]"  # (structlog, not set up here, logs to stdout before it)
+    async with connect(db_url) as conn:
+        assert await conn.run_sync(lambda sync: MigrationContext.configure(
+            sync, opts={"version_table": migrations.VERSION_TABLE}).get_current_heads()) == (HEAD,)
+    assert await differences(db_url) == []
+    async with Store(db_url).open() as store:
+        assert [s.server_name for s in await store.list_servers()] == ["alpha"]
+
+
 async def test_a_missing_sqlite_file_is_not_created_by_asking_its_revision(tmp_path: Any) -> None:
     path = tmp_path / "none" / "m.db"
     assert await Store(f"sqlite+aiosqlite:///{path}").revision() == (None, HEAD)
@@ -195,8 +218,11 @@ async def test_the_migrations_at_head_match_the_metadata(db_url: str) -> None:
     """A change to `store.metadata` without a migration (or the reverse) fails here; so does a new
     revision without `migrations.HEAD` (the fast path that skips Alembic) moved to it."""
     assert migrations.HEAD == migrations.head()
-    async with Store(db_url).open():
-        pass
+    path = default_sqlite_path(db_url)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    async with connect(db_url) as conn:  # the revisions alone, not the shortcut a new store takes
+        assert await conn.run_sync(migrations.upgrade) == (None, HEAD)
     assert await differences(db_url) == []
     # The comparison does see a difference: the metadata with one more column than the migrations.
     changed = MetaData(naming_convention=metadata.naming_convention)

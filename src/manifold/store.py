@@ -360,7 +360,7 @@ class Store:
             if self.dialect == "postgresql":
                 # One replica migrates; the others wait here until it commits.
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
-            before, head = await conn.run_sync(migrations.upgrade)
+            before, head = await conn.run_sync(migrations.upgrade, metadata)
             if self.dialect == "sqlite":
                 broken = (await conn.exec_driver_sql("PRAGMA foreign_key_check")).first()
                 if broken is not None:

@@ -20,7 +20,10 @@ To add a revision: a new `versions/NNNN_what.py` with `revision`,
 
 Databases made before migrations existed (tables created by `create_all`, no
 version table) are recognised by their tables and stamped with the revision
-they match, then upgraded like any other.
+they match, then upgraded like any other. An empty database is built from the
+store's metadata and stamped at head, as Alembic's own recipe for a new
+database goes, without importing Alembic at all (a first start is ~0.5 s
+faster); tests/test_migrations.py holds that metadata to the revisions.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, inspect, text
+from sqlalchemy import Column, Connection, MetaData, PrimaryKeyConstraint, String, Table, inspect, text
 
 if TYPE_CHECKING:  # Alembic is imported only when a database is not at HEAD already
     from alembic.runtime.migration import MigrationContext
@@ -109,14 +112,38 @@ def _recorded(conn: Connection) -> str | None:
     return rows[0] if len(rows) == 1 else None
 
 
-def upgrade(conn: Connection) -> tuple[str | None, str]:
+def _version_table() -> Table:
+    """The version table as Alembic creates it (a later Alembic upgrade reads and moves it)."""
+    return Table(
+        VERSION_TABLE,
+        MetaData(),
+        Column("version_num", String(32), nullable=False),
+        PrimaryKeyConstraint("version_num", name=f"{VERSION_TABLE}_pkc"),
+    )
+
+
+def _create_at_head(conn: Connection, schema: MetaData) -> bool:
+    """An empty database (none of our tables, no version table): `schema` created, stamped at HEAD."""
+    if set(inspect(conn).get_table_names()) & {VERSION_TABLE, *schema.tables}:
+        return False
+    schema.create_all(conn)
+    version = _version_table()
+    version.create(conn)
+    conn.execute(version.insert().values(version_num=HEAD))
+    return True
+
+
+def upgrade(conn: Connection, schema: MetaData | None = None) -> tuple[str | None, str]:
     """Bring the database to head in the caller's transaction; returns (revision before, head).
 
-    Raises `SchemaTooNew`, having changed nothing, if the database is at a
-    revision these migrations do not know.
+    `schema` is the store's metadata at HEAD: an empty database is created from
+    it directly. Raises `SchemaTooNew`, having changed nothing, if the database
+    is at a revision these migrations do not know.
     """
     if _recorded(conn) == HEAD:
         return HEAD, HEAD
+    if schema is not None and _create_at_head(conn, schema):
+        return None, HEAD
     from alembic.operations import Operations
 
     target = head()
