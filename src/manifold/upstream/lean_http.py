@@ -170,8 +170,6 @@ class HttpChannel:
             self._fail(request_id, CONNECTION_CLOSED, f"connection lost during tools/call ({exc})", lost=True)
         except StreamEnded as exc:
             self._fail(request_id, CONNECTION_CLOSED, str(exc))
-        except BaseException as exc:
-            raise
         finally:
             if self._scopes.get(request_id) is scope:
                 del self._scopes[request_id]
