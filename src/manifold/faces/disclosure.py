@@ -12,7 +12,6 @@ import json
 from fnmatch import fnmatchcase
 from typing import Any
 
-import jsonschema
 
 from manifold.gateway import Gateway
 from manifold.search import estimate_tokens
@@ -115,6 +114,8 @@ class Disclosure:
         tool = next((t for t in catalog.tools if t["name"] == target), None)
         if tool is None:
             return _text({"error": f"unknown tool '{target}'; use {SEARCH} to find one"}, error=True)
+        import jsonschema  # only search mode validates (3 MB of a gateway's memory otherwise)
+
         try:
             jsonschema.validate(args, tool.get("inputSchema") or {"type": "object"})
         except jsonschema.ValidationError as exc:
