@@ -5,9 +5,10 @@ the session's dispatcher over memory streams, and answers on an SSE response
 (sse-starlette) fed by another task: several milliseconds of CPU per call
 here. For a plain tools/call in an established session (faces/lean.py says
 what plain is) the session manager hands the buffered body here instead: the
-call goes to the upstream's raw channel, and its answer goes back as the body
-of this POST — JSON when nothing else came first, else an SSE stream whose
-events are the log lines the upstream sent during the call, then the answer.
+call goes to the upstream's raw channel, and its answer goes back on this
+POST as an SSE stream, as the SDK's transport frames it: one event when nothing
+else came first, else the log lines the upstream sent during the call, then
+the answer (one JSON body when the server is set to answer JSON).
 A plain tools/list is answered at once with the face's cached page
 (faces/mcp.py `ToolPages`), framed as the SDK's transport frames an answer.
 
@@ -27,6 +28,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from mcp.client.streamable_http import DEFAULT_MAX_SSE_EVENT_SIZE
 from mcp.server.connection import Connection
 from starlette.types import Send
 
@@ -107,8 +109,8 @@ class LeanHttp:
         sse: bool,
     ) -> bool:
         """Serve this POST if it is a plain tools/call, cancels one, or is a plain tools/list (`query`
-        is its query string, where a client asks for a mode; `sse`: a list's answer is an SSE event,
-        as the SDK's would be); False to leave it to the SDK."""
+        is its query string, where a client asks for a mode; `sse`: an answer is an SSE event, as
+        the SDK's would be); False to leave it to the SDK."""
         frame = lean.parse(body)
         if frame is None:
             return False
@@ -116,15 +118,12 @@ class LeanHttp:
             answer = self.face.lean_list(connection, frame, query, "http")
             if answer is None:
                 return False
-            if sse:
-                await _send(send, 200, "text/event-stream", session_id, _event(answer), more=False)
-            else:
-                await _send(send, 200, "application/json", session_id, answer, more=False)
+            await _answer(send, session_id, answer, sse=sse)
             return True
         if frame["method"] == "tools/call":
 
             async def respond(call: LeanCall, exchange: _Exchange) -> None:
-                await self._respond(session_id, call, exchange, send)
+                await self._respond(session_id, call, exchange, send, sse=sse)
 
             return await self.call(session_id, connection, frame, respond, get_stream=get_stream, face="http")
 
@@ -180,13 +179,13 @@ class LeanHttp:
                     await lean.cancel_upstream(call, "gateway shutting down")
         return True
 
-    async def _respond(self, session_id: str, call: LeanCall, exchange: _Exchange, send: Send) -> None:
-        """The answer as a JSON body when nothing came before it; else an SSE stream, as it comes."""
+    async def _respond(self, session_id: str, call: LeanCall, exchange: _Exchange, send: Send, *, sse: bool) -> None:
+        """The answer alone when nothing came before it (`_answer`); else an SSE stream, as it comes."""
         started = False
         async for frames, final in exchange.batches(call):
             if final and not started and len(frames) <= 1:
                 if frames:
-                    await _send(send, 200, "application/json", session_id, frames[0], more=False)
+                    await _answer(send, session_id, frames[0], sse=sse)
                 else:  # cancelled by its client: no answer
                     await _send(send, 200, "text/event-stream", session_id, b"", more=False)
                 return
@@ -218,6 +217,20 @@ def _unaskable(connection: Connection) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # roots is deprecated in 2026-07-28, alive before
         return capabilities.sampling is None and capabilities.elicitation is None and capabilities.roots is None
+
+
+async def _answer(send: Send, session_id: str, frame: bytes, *, sse: bool) -> None:
+    """One answer as an SSE event, as the SDK's transport frames it; a JSON body when the server
+    answers JSON, or when it is larger than the SDK's client takes in one event (1 MiB by default;
+    it takes a JSON body of any size).
+
+    SSE not only for sameness: the SDK's client survives an SSE answer cut short (a replica killed
+    mid-answer fails that call), but not a JSON body cut short, which takes its whole session down.
+    """
+    if sse and len(frame) < DEFAULT_MAX_SSE_EVENT_SIZE:
+        await _send(send, 200, "text/event-stream", session_id, _event(frame), more=False)
+    else:
+        await _send(send, 200, "application/json", session_id, frame, more=False)
 
 
 def _event(frame: bytes) -> bytes:
