@@ -307,7 +307,8 @@ class Store:
         try:
             yield engine
         finally:
-            await engine.dispose()
+            with anyio.CancelScope(shield=True):
+                await engine.dispose()
 
     @asynccontextmanager
     async def open(self) -> AsyncIterator[Store]:
@@ -334,15 +335,16 @@ class Store:
         every tool. They are checked before the commit instead.
         """
         try:
-            async with engine.connect() as conn:
-                if self.dialect != "sqlite":
-                    before, head = await self._upgrade_in(conn)
-                else:
-                    await conn.run_sync(_sqlite_foreign_keys, False)
-                    try:
+            with self._to_the_end():
+                async with engine.connect() as conn:
+                    if self.dialect != "sqlite":
                         before, head = await self._upgrade_in(conn)
-                    finally:
-                        await conn.run_sync(_sqlite_foreign_keys, True)
+                    else:
+                        await conn.run_sync(_sqlite_foreign_keys, False)
+                        try:
+                            before, head = await self._upgrade_in(conn)
+                        finally:
+                            await conn.run_sync(_sqlite_foreign_keys, True)
         except migrations.SchemaTooNew as exc:
             raise StoreError(
                 f"the database at {self.shown_url} is at schema revision {exc.revision}, newer than this "
@@ -374,8 +376,9 @@ class Store:
             return None, migrations.head()
         async with self._connected() as engine:
             try:
-                async with engine.connect() as conn:
-                    current = await conn.run_sync(migrations.current)
+                with self._to_the_end():
+                    async with engine.connect() as conn:
+                        current = await conn.run_sync(migrations.current)
             except Exception as exc:
                 raise StoreError(f"cannot open the store {self.shown_url}: {exc}") from exc
         return current, migrations.head()
@@ -430,8 +433,19 @@ class Store:
 
     @asynccontextmanager
     async def _tx(self) -> AsyncIterator[AsyncConnection]:
-        async with self.engine.begin() as conn:
-            yield conn
+        with self._to_the_end():
+            async with self.engine.begin() as conn:
+                yield conn
+
+    def _to_the_end(self) -> anyio.CancelScope:
+        """On SQLite a database operation, once begun, runs to its end even when its caller is cancelled.
+
+        aiosqlite does not take cancellation mid-operation: SQLAlchemy then closes the
+        connection from a task of its own that waits forever on the driver's stopped
+        thread, and asyncio's shutdown waits for that task (a gateway that did not exit
+        on SIGINT). A local operation is short (at worst the busy timeout), so it finishes.
+        """
+        return anyio.CancelScope(shield=self.dialect == "sqlite")
 
     # --- servers -------------------------------------------------------------------
 
