@@ -224,3 +224,14 @@ async def test_calls_to_an_sse_server_take_the_lean_path(tmp_path: Path) -> None
                 assert text_of(await session.call_tool("beta__whoami", {})) == "beta"
         assert answers == {i: (f"no {i}", True) if i % 4 == 0 else (f"call {i}", False) for i in range(40)}
     await async_wait_for(lambda: gw.lean_calls() == 42, what="the gateway's exit line")
+
+
+async def test_an_answer_indented_over_many_lines_is_one_line_on_stdio(tmp_path: Path) -> None:
+    """A streamable-HTTP server that indents its JSON: the stdio face still writes one line per message."""
+    gw = Gateway(tmp_path / "gateway.log")
+    async with http_upstream("--name", "pretty", "--json-response", "--pretty") as url:
+        servers = {"pretty": {"mcp_server_type": "streamable_http", "server_url": url + "/mcp"}}
+        async with gateway(tmp_path, servers, gw) as session:
+            for text in ("one", 'two\nlines "quoted"'):
+                assert text_of(await session.call_tool("pretty__echo", {"text": text})) == text
+    await async_wait_for(lambda: gw.lean_calls() == 2, what="the gateway's exit line")

@@ -251,3 +251,28 @@ async def test_the_sse_face_answers_lean_calls_on_its_stream(tmp_path: Path) -> 
                         assert text_of(await session.call_tool("alpha__echo", {"text": "after"})) == "after"
             assert answers == {i: (f"no {i}", True) if i % 4 == 0 else (f"call {i}", False) for i in range(40)}
             assert lean_calls(base, "sse") == 47
+
+
+async def test_answers_spread_over_many_lines_reach_every_face_whole(tmp_path: Path) -> None:
+    """Servers that indent their JSON (a body, or an SSE event over many `data:` lines): each face
+    still frames the answer as one message (an SSE event's data, a JSON body)."""
+    with together(
+        start_http_upstream("--name", "events", "--pretty"),
+        start_http_upstream("--name", "bodies", "--json-response", "--pretty"),
+        start_http_upstream("--transport", "sse", "--name", "legacy", "--pretty"),
+    ) as (events, bodies, legacy):
+        servers = {
+            "events": http_server(events),
+            "bodies": http_server(bodies),
+            "legacy": {"mcp_server_type": "sse", "server_url": legacy + "/sse"},
+        }
+        with http_gateway(tmp_path, servers) as base:
+            text = 'two\nlines "quoted"'
+            async with session_to(base) as session:
+                for server in servers:
+                    assert text_of(await session.call_tool(f"{server}__echo", {"text": text})) == text
+            async with sse_client(base + "/sse") as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                for server in servers:
+                    assert text_of(await session.call_tool(f"{server}__echo", {"text": text})) == text
+            assert (lean_calls(base), lean_calls(base, "sse")) == (3, 3)

@@ -2,7 +2,8 @@
 
     python tests/upstreams/fixture_server.py [--transport stdio|streamable-http|sse]
         [--host 127.0.0.1] [--port 0] [--name NAME] [--tools N] [--long-names]
-        [--require-header NAME=VALUE ...] [--crash-on-start] [--json-response] [--record-start FILE]
+        [--require-header NAME=VALUE ...] [--crash-on-start] [--json-response] [--pretty]
+        [--record-start FILE]
 
 Over HTTP it binds its socket itself and, once it accepts requests, prints exactly one line
 `LISTENING http://<host>:<port>` to stdout (with `--port 0` that is how the port is found).
@@ -21,11 +22,14 @@ What it offers (NAME is `--name`, default "fixture"):
 `--require-header NAME=VALUE` (repeatable, HTTP only): a request without that exact header value
 gets HTTP 401. `--crash-on-start`: write one line to stderr and exit with status 3.
 `--record-start FILE`: append the process's pid to FILE as it starts (tests count starts).
+`--pretty` (HTTP only): every JSON message it sends is indented over many lines (a JSON body, or
+an SSE event's data split over many `data:` lines), as the protocol allows.
 
 Self-contained on purpose (it needs only the `mcp` SDK), so it runs with any environment.
 """
 
 import argparse
+import json
 import logging
 import os
 import socket
@@ -222,6 +226,53 @@ def serve_http(app: ASGIApp, host: str, port: int) -> None:
         sock.close()
 
 
+class PrettyJson:
+    """ASGI middleware: JSON bodies and SSE events' JSON data re-sent indented, over many lines."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        kind = b""
+        start: dict = {}
+        body = b""
+
+        async def pretty_send(message: dict) -> None:
+            nonlocal kind, start, body
+            if message["type"] == "http.response.start":
+                kind = dict(message.get("headers", [])).get(b"content-type", b"")
+                if kind.startswith(b"application/json"):
+                    start = message  # sent with the body, once its length is known
+                    return
+            elif message["type"] == "http.response.body" and kind.startswith(b"application/json"):
+                body += message.get("body", b"")
+                if message.get("more_body"):
+                    return
+                data = json.dumps(json.loads(body), indent=2).encode() if body else body
+                headers = [(k, v) for k, v in start["headers"] if k != b"content-length"]
+                await send({**start, "headers": [*headers, (b"content-length", b"%d" % len(data))]})
+                message = {"type": "http.response.body", "body": data}
+            elif message["type"] == "http.response.body" and kind.startswith(b"text/event-stream"):
+                message = {**message, "body": _pretty_events(message.get("body", b""))}
+            await send(message)
+
+        await self.app(scope, receive, pretty_send)
+
+
+def _pretty_events(chunk: bytes) -> bytes:
+    lines = []
+    for line in chunk.split(b"\r\n"):
+        if line.startswith(b"data: {"):
+            pretty = json.dumps(json.loads(line[6:]), indent=2).encode()
+            lines.extend(b"data: " + part for part in pretty.split(b"\n"))
+        else:
+            lines.append(line)
+    return b"\r\n".join(lines)
+
+
 def parse_header(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -244,6 +295,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--crash-on-start", action="store_true")
     parser.add_argument("--json-response", action="store_true", help="streamable HTTP: answer POSTs with JSON, not SSE")
+    parser.add_argument("--pretty", action="store_true", help="HTTP: JSON indented over many lines")
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--record-start", metavar="FILE", help="append this process's pid to FILE when it starts")
     return parser.parse_args(argv)
@@ -287,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = mcp.sse_app(sse_path="/sse", message_path="/messages/", host=args.host)
     if args.require_header:
         app = RequireHeaders(app, dict(args.require_header))
+    if args.pretty:
+        app = PrettyJson(app)
     serve_http(app, args.host, args.port)
     return 0
 

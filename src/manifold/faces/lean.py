@@ -107,8 +107,11 @@ class LeanCall:
                 return
             self._error({"code": types.INTERNAL_ERROR, "message": "the server sent an unreadable error"})
             return
+        line = line.rstrip()
+        if b"\n" in line or b"\r" in line:  # JSON indented over lines (an HTTP server's): one line, the same JSON
+            line = line.replace(b"\r", b" ").replace(b"\n", b" ")
         start, end = id_span
-        frame = b"".join((line[:start], self.id_json, line[end:].rstrip(), b"\n"))
+        frame = b"".join((line[:start], self.id_json, line[end:], b"\n"))
         self.finish(self, frame, "error" if _IS_ERROR.search(line) else "ok")
 
     def answered_message(self, message: Any) -> None:
