@@ -192,7 +192,7 @@ class LeanHttp:
             if not started:
                 await _send(send, 200, "text/event-stream", session_id, b"", more=True)
                 started = True
-            events = b"".join(_event(frame) for frame in frames)
+            events = b"".join(sse_event(frame) for frame in frames)
             await _body(send, events, more=not final)
 
     async def cancel(self, session_id: str, frame: dict[str, Any], accepted: Callable[[], Awaitable[None]]) -> bool:
@@ -228,12 +228,12 @@ async def _answer(send: Send, session_id: str, frame: bytes, *, sse: bool) -> No
     mid-answer fails that call), but not a JSON body cut short, which takes its whole session down.
     """
     if sse and len(frame) < DEFAULT_MAX_SSE_EVENT_SIZE:
-        await _send(send, 200, "text/event-stream", session_id, _event(frame), more=False)
+        await _send(send, 200, "text/event-stream", session_id, sse_event(frame), more=False)
     else:
         await _send(send, 200, "application/json", session_id, frame, more=False)
 
 
-def _event(frame: bytes) -> bytes:
+def sse_event(frame: bytes) -> bytes:
     """One JSON-RPC frame as an SSE `message` event."""
     return b"".join((b"event: message\r\ndata: ", frame.rstrip(), b"\r\n\r\n"))
 

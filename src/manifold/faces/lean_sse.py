@@ -4,7 +4,10 @@ On the SSE transport a client POSTs each message to /messages/?session_id=…
 (answered 202) and reads every answer from its one event stream. A plain
 tools/call (faces/lean.py) is answered 202 here at once and goes to the
 upstream's raw channel; what comes back (log lines, then the answer) is
-written to the session's stream as the SDK's server writes its own messages.
+written to the session's stream as events framed as the SDK's server frames
+its own, straight onto the stream's response: not parsed into models for the
+SDK's writer to serialise again, two task hops later. Both write whole events
+to one response, and the server writes each at once, so events never mix.
 The checks the SDK's message endpoint makes come first (Host/Origin, the
 session's owner, the body limit); anything else goes to the SDK's endpoint.
 """
@@ -14,24 +17,21 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import parse_qs
 from uuid import UUID
 
-import anyio
-import mcp_types as types
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, authorization_context
 from mcp.server.connection import Connection
 from mcp.server.sse import SseServerTransport
 from mcp.server.transport_security import TransportSecurityMiddleware, TransportSecuritySettings
-from mcp.shared.message import SessionMessage
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from manifold.faces import lean
 from manifold.faces.lean import LeanCall
-from manifold.faces.lean_http import LeanHttp, _Exchange
+from manifold.faces.lean_http import LeanHttp, _Exchange, sse_event
 from manifold.faces.sessions import _buffer_body
 
 _SESSION_IN_ENDPOINT = re.compile(rb"session_id=([0-9a-f]{32})")
@@ -47,37 +47,31 @@ class LeanSse:
         self.sse = sse
         self._security = TransportSecurityMiddleware(security)
         self._limit = limit
-        self.streams: dict[str, Any] = {}
-        """Each open session's write stream (what the SDK's server writes to its event stream)."""
+        self.streams: dict[str, Send] = {}
+        """Each open session's event stream: its response's ASGI send (the SDK's writer sends there too)."""
         self.connections: weakref.WeakValueDictionary[str, Connection] = weakref.WeakValueDictionary()
         """Each session's connection, once its first request went through (faces/mcp.py)."""
 
     @asynccontextmanager
     async def session(self, scope: Scope, receive: Receive, send: Send) -> AsyncIterator[tuple[Any, Any]]:
-        """`sse.connect_sse`, with the session's write stream known here by the session's id
+        """`sse.connect_sse`, with the session's event stream known here by the session's id
         (read from the endpoint event, the first thing the SDK sends on the stream)."""
-        known: dict[str, Any] = {}
-
-        def register() -> None:
-            if "id" in known and "write" in known:
-                self.streams[known["id"]] = known["write"]
+        known: list[str] = []
 
         async def watched(message: Message) -> None:
-            if "id" not in known and message["type"] == "http.response.body":
+            if not known and message["type"] == "http.response.body":
                 found = _SESSION_IN_ENDPOINT.search(message.get("body", b""))
                 if found is not None:
-                    known["id"] = found.group(1).decode()
-                    register()
+                    known.append(found.group(1).decode())
+                    self.streams[known[0]] = send
             await send(message)
 
-        async with self.sse.connect_sse(scope, receive, watched) as (read, write):
-            known["write"] = write
-            register()
-            try:
+        try:
+            async with self.sse.connect_sse(scope, receive, watched) as (read, write):
                 yield read, write
-            finally:
-                if "id" in known:
-                    self.streams.pop(known["id"], None)
+        finally:
+            if known:
+                self.streams.pop(known[0], None)
 
     async def post(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The /messages/ endpoint: lean when it can be, the SDK's otherwise."""
@@ -100,7 +94,7 @@ class LeanSse:
                 return value.isdigit() and int(value) <= self._limit
         return False
 
-    async def _lean(self, scope: Scope, session_id: str, stream: Any, connection: Connection, body: bytes, send: Send) -> bool:
+    async def _lean(self, scope: Scope, session_id: str, stream: Send, connection: Connection, body: bytes, send: Send) -> bool:
         if await self._security.validate_request(Request(scope), is_post=True) is not None:
             return False
         user = scope.get("user")
@@ -118,10 +112,11 @@ class LeanSse:
         async def respond(call: LeanCall, exchange: _Exchange) -> None:
             await _accepted(send)
             async for frames, _ in exchange.batches(call):
-                for item in frames:
-                    message = types.jsonrpc_message_adapter.validate_json(item, by_name=False)
-                    with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):  # the client left
-                        await stream.send(SessionMessage(message))
+                events = b"".join(map(sse_event, frames))
+                try:
+                    await stream({"type": "http.response.body", "body": events, "more_body": True})
+                except (RuntimeError, OSError):  # the stream has ended: the client left
+                    return
 
         return await self.lean.call(session_id, connection, frame, respond, get_stream=True, face="sse")
 
@@ -132,5 +127,6 @@ def _session_id(scope: Scope) -> str | None:
 
 
 async def _accepted(send: Send) -> None:
-    await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"8")]})
-    await send({"type": "http.response.body", "body": b"Accepted"})
+    """202 with no body (the SDK's says "Accepted"): the server then writes it in one go, not two."""
+    await send({"type": "http.response.start", "status": 202, "headers": [(b"content-length", b"0")]})
+    await send({"type": "http.response.body", "body": b""})
