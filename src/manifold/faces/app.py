@@ -72,18 +72,25 @@ def server_health(gateway: Gateway) -> dict[str, Any]:
 
 
 class _App(FastAPI):
-    """FastAPI, with `/mcp` handed to the MCP endpoint before routing and middleware.
+    """FastAPI, with `/mcp` and the SSE face's `/messages/` handed to their endpoints before
+    routing and middleware.
 
     Every MCP request is one of these; FastAPI's routing and middleware stack
     cost more CPU per request than the lean tools/call path itself.
     """
 
     mcp_endpoint: Any = None
+    sse_messages: Any = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["path"] == "/mcp" and self.mcp_endpoint is not None:
-            await self.mcp_endpoint(scope, receive, send)
-            return
+        if scope["type"] == "http":
+            path = scope["path"]
+            if path == "/mcp" and self.mcp_endpoint is not None:
+                await self.mcp_endpoint(scope, receive, send)
+                return
+            if path.startswith("/messages/") and self.sse_messages is not None:
+                await self.sse_messages(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -161,6 +168,7 @@ def create_app(
     app.mcp_endpoint = StreamableHTTPASGIApp(sessions)
     app.router.routes.append(Route("/mcp", endpoint=app.mcp_endpoint, include_in_schema=False))
     app.router.routes.append(Route("/sse", endpoint=_SseEndpoint(), methods=["GET"], include_in_schema=False))
-    app.router.routes.append(Mount("/messages/", app=lean_sse.post))
+    app.sse_messages = lean_sse.post
+    app.router.routes.append(Mount("/messages/", app=lean_sse.post))  # in the schema's routes; served above
 
     return app
