@@ -27,14 +27,13 @@ import mcp_types as types
 import structlog
 from mcp.client.session import ClientSession
 from mcp.shared.exceptions import MCPError
-from mcp.shared.message import SessionMessage
 from mcp_types import CONNECTION_CLOSED, INTERNAL_ERROR, METHOD_NOT_FOUND, REQUEST_TIMEOUT
 
 from manifold import __version__
 from manifold.callers import CURRENT_CALLER
 from manifold.config import ServerConfig
 from manifold.logging import masker
-from manifold.upstream.lean_http import HttpChannel, SseChannel
+from manifold.upstream.lean_http import HttpChannel
 from manifold.upstream.report import TransportReport
 from manifold.upstream.transports import open_transport
 
@@ -115,26 +114,18 @@ def _lost_transport(message: str) -> bool:
 
 
 class _WatchedReadStream:
-    """Pass-through read stream that reports when the transport ends.
+    """Pass-through read stream that reports when the transport ends."""
 
-    On an SSE server it also lets the lean path's channel take the answers
-    to its own calls off the session's one stream (`SseChannel.take`).
-    """
-
-    def __init__(self, inner: Any, closed: anyio.Event, take: Callable[[Any], bool] | None = None) -> None:
+    def __init__(self, inner: Any, closed: anyio.Event) -> None:
         self._inner = inner
         self._closed = closed
-        self._take = take
 
     def __getattr__(self, name: str) -> Any:  # last_context and friends
         return getattr(self._inner, name)
 
     async def receive(self) -> Any:
         try:
-            while True:
-                item = await self._inner.receive()
-                if self._take is None or not isinstance(item, SessionMessage) or not self._take(item.message):
-                    return item
+            return await self._inner.receive()
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self._closed.set()
             raise
@@ -342,9 +333,8 @@ class Upstream:
         with anyio.CancelScope(deadline=anyio.current_time() + self.config.connect_timeout) as deadline:
             async with AsyncExitStack() as stack:
                 read, write = await stack.enter_async_context(open_transport(self.config, report=self.report))
-                raw = self.report.raw
                 session = ClientSession(
-                    _WatchedReadStream(read, closed, raw.take if isinstance(raw, SseChannel) else None),
+                    _WatchedReadStream(read, closed),
                     write,
                     read_timeout_seconds=self.config.connect_timeout,
                     message_handler=self._handle_message,

@@ -309,13 +309,12 @@ class SseChannel(HttpChannel):
     """Raw tools/call requests to a server on the legacy SSE transport.
 
     A call is a POST of its frame to the session's message endpoint (answered
-    202); its answer is an event on the session's one stream, which the SDK's
-    client parses. `take()` lifts the answers to our (negative) ids off that
-    stream before the SDK's session sees them; everything else on it (log
-    lines, sampling requests, list changes) stays the session's.
+    202); its answer is an event on the session's one stream, which
+    `upstream/sse_session.py` reads: it hands the answers to our (negative) ids
+    to `take_raw()` before parsing anything, and the rest to the SDK's session.
     """
 
-    def __init__(self, pool: Pool, *, endpoint: Callable[[], str | None], report: TransportReport) -> None:
+    def __init__(self, pool: Pool, *, report: TransportReport) -> None:
         super().__init__(
             pool,
             session_headers=dict,
@@ -324,13 +323,14 @@ class SseChannel(HttpChannel):
             report=report,
             max_event_bytes=0,
         )
-        self._endpoint = endpoint
+        self.endpoint: str | None = None
+        """The session's message endpoint (path and query), once the server has named it."""
 
     def _headers(self) -> dict[str, str]:
         return {"content-type": _JSON}
 
     def _target(self) -> str | None:
-        return self._endpoint()  # the session's message endpoint (None only before the handshake)
+        return self.endpoint
 
     async def _exchange(self, request_id: int, frame: bytes) -> None:
         target = self._target()
@@ -343,16 +343,14 @@ class SseChannel(HttpChannel):
             self.report.http_error = masker.mask(f"HTTP {response.status} from POST {self.pool.host}:{self.pool.port}{target}")
             self._fail(request_id, INTERNAL_ERROR, f"HTTP {response.status} from the server")
 
-    def take(self, message: Any) -> bool:
-        """True if `message` answers a raw call (then it went to the call, not to the session)."""
-        if not isinstance(message, types.JSONRPCResponse | types.JSONRPCError):
+    def take_raw(self, data: bytes) -> bool:
+        """True if the event's `data` answers a raw call (then it went to the call, unparsed)."""
+        found = lean_response(data)
+        if found is None:
             return False
-        request_id = message.id
-        if isinstance(request_id, bool) or not isinstance(request_id, int) or request_id >= 0:
-            return False
-        call = self.calls.pop(request_id, None)
+        call = self.calls.pop(found[0], None)
         if call is not None:
-            call.answered_message(message)
+            call.answered(data, found[1], found[2])
         return True  # ours even if forgotten (cancelled, timed out): the session never asked
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from functools import partial
 from typing import Any
 
 import anyio
@@ -18,6 +19,7 @@ from manifold.config import ServerConfig, SseServerConfig, StdioServerConfig, St
 from manifold.upstream.http1 import Pool, proxied
 from manifold.upstream.lean_http import HttpChannel, SseChannel
 from manifold.upstream.report import TransportReport
+from manifold.upstream.sse_session import Redirected, sse_session
 from manifold.upstream.stdio import open_stdio
 
 # Long-lived streams may stay quiet for a long time; request deadlines are ours.
@@ -83,39 +85,31 @@ async def open_transport(
         async with open_stdio(config, report) as streams:
             yield streams
     elif isinstance(config, SseServerConfig):
-
-        endpoint: list[str] = []
-
-        async def message_endpoint(request: httpx2.Request) -> None:
-            # The SDK's first POST goes to the endpoint the server named: the lean path posts there too.
-            if request.method == "POST" and not endpoint:
-                endpoint.append(request.url.raw_path.decode("ascii"))
-
-        def client_factory(
-            headers: dict[str, str] | None = None, timeout: httpx2.Timeout | None = None, auth: Any = None
-        ) -> httpx2.AsyncClient:
-            return httpx2.AsyncClient(
-                headers=headers, timeout=timeout, auth=auth, event_hooks={**hooks, "request": [message_endpoint]}
+        if _leanable(config.server_url):
+            # Manifold's own client: answers to lean calls are taken off the stream unparsed.
+            pool = Pool(config.server_url, config.headers(), connect_timeout=config.connect_timeout)
+            channel = SseChannel(pool, report=report)
+            session = sse_session(
+                config.server_url, pool, channel, report, connect_timeout=config.connect_timeout, limit=MAX_SSE_EVENT_BYTES
             )
-
+            try:
+                async with channel.running(), session as (read, write):
+                    report.raw = channel
+                    try:
+                        yield read, write
+                    finally:
+                        report.raw = None
+                return
+            except Redirected:
+                pass  # before anything was yielded: the SDK's client below follows the redirect
         async with sse_client(
             config.server_url,
             headers=config.headers(),
             timeout=config.connect_timeout,
             sse_read_timeout=_STREAM_READ_TIMEOUT,
-            httpx_client_factory=client_factory,
+            httpx_client_factory=partial(httpx2.AsyncClient, event_hooks=hooks),
         ) as (read, write):
-            if not _leanable(config.server_url):
-                yield read, write
-                return
-            pool = Pool(config.server_url, config.headers(), connect_timeout=config.connect_timeout)
-            channel = SseChannel(pool, endpoint=lambda: endpoint[0] if endpoint else None, report=report)
-            async with channel.running():
-                report.raw = channel
-                try:
-                    yield read, write  # the session's reader lets channel.take() have the answers
-                finally:
-                    report.raw = None
+            yield read, write
     else:
         # One client per server: its pool keeps connections alive across requests.
         timeout = httpx2.Timeout(config.connect_timeout, read=_STREAM_READ_TIMEOUT)
