@@ -35,6 +35,7 @@ from support import (
     TESTS,
     async_wait_for,
     fixture_command,
+    http_upstream,
     running_process,
     subprocess_env,
     wait_for,
@@ -745,3 +746,23 @@ async def test_http_upstream_down_at_start_connects_by_itself_and_survives_resta
             assert outcome[0].message.startswith("server 'late': connection lost during tools/call")
             # The server is gone, not just that response: the gateway notices on its own and reconnects.
             await wait_state(late, State.BACKING_OFF, State.CONNECTING)
+
+
+async def test_an_sse_server_that_redirects_its_stream_is_followed() -> None:
+    """Manifold's own SSE client does not follow redirects: the SDK's, which does, takes over."""
+    async with http_upstream("--transport", "sse", "--name", "moved", "--sse-quirk", "redirect") as url:
+        async with gateway_with({"moved": {"mcp_server_type": "sse", "server_url": url + "/old-sse"}}) as gateway:
+            await wait_state(gateway.upstreams["moved"], State.READY)
+            assert text_of(await gateway.call_tool("moved__echo", {"text": "found"})) == "found"
+
+
+async def test_an_sse_message_endpoint_on_another_origin_is_refused() -> None:
+    """A stream that names a message endpoint elsewhere would send every request there: refused."""
+    async with http_upstream("--transport", "sse", "--name", "astray", "--sse-quirk", "foreign-endpoint") as url:
+        config = {"mcp_server_type": "sse", "server_url": url + "/sse", "connect_timeout": 5}
+        async with gateway_with({"astray": config, "other": chaos("other")}) as gateway:
+            astray = gateway.upstreams["astray"]
+            await async_wait_for(lambda: astray.last_error is not None, what="the connection to fail")
+            assert "message endpoint is on another origin: http://localhost:" in astray.last_error
+            assert astray.state is not State.READY
+            assert text_of(await gateway.call_tool("other__echo", {"text": "unaffected"})) == "unaffected"

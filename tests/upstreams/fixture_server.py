@@ -3,7 +3,7 @@
     python tests/upstreams/fixture_server.py [--transport stdio|streamable-http|sse]
         [--host 127.0.0.1] [--port 0] [--name NAME] [--tools N] [--long-names]
         [--require-header NAME=VALUE ...] [--crash-on-start] [--json-response] [--pretty]
-        [--record-start FILE]
+        [--sse-quirk redirect|foreign-endpoint] [--record-start FILE]
 
 Over HTTP it binds its socket itself and, once it accepts requests, prints exactly one line
 `LISTENING http://<host>:<port>` to stdout (with `--port 0` that is how the port is found).
@@ -24,6 +24,8 @@ gets HTTP 401. `--crash-on-start`: write one line to stderr and exit with status
 `--record-start FILE`: append the process's pid to FILE as it starts (tests count starts).
 `--pretty` (HTTP only): every JSON message it sends is indented over many lines (a JSON body, or
 an SSE event's data split over many `data:` lines), as the protocol allows.
+`--sse-quirk redirect` (SSE): GET /old-sse answers 307 to /sse. `--sse-quirk foreign-endpoint`
+(SSE): the endpoint event names the message endpoint on another origin (`localhost`, not the IP).
 
 Self-contained on purpose (it needs only the `mcp` SDK), so it runs with any environment.
 """
@@ -262,6 +264,32 @@ class PrettyJson:
         await self.app(scope, receive, pretty_send)
 
 
+class SseQuirks:
+    """ASGI middleware for the SSE transport: a redirected stream, or an endpoint on another origin."""
+
+    def __init__(self, app: ASGIApp, quirk: str) -> None:
+        self.app = app
+        self.quirk = quirk
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and self.quirk == "redirect" and scope["path"] == "/old-sse":
+            await send({"type": "http.response.start", "status": 307, "headers": [(b"location", b"/sse"), (b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        if scope["type"] != "http" or self.quirk != "foreign-endpoint" or scope["path"] != "/sse":
+            await self.app(scope, receive, send)
+            return
+
+        async def foreign_send(message: dict) -> None:
+            body = message.get("body", b"")
+            if message["type"] == "http.response.body" and b"event: endpoint" in body:
+                elsewhere = b"data: http://localhost:%d/messages/" % scope["server"][1]
+                message = {**message, "body": body.replace(b"data: /messages/", elsewhere)}
+            await send(message)
+
+        await self.app(scope, receive, foreign_send)
+
+
 def _pretty_events(chunk: bytes) -> bytes:
     lines = []
     for line in chunk.split(b"\r\n"):
@@ -296,6 +324,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--crash-on-start", action="store_true")
     parser.add_argument("--json-response", action="store_true", help="streamable HTTP: answer POSTs with JSON, not SSE")
     parser.add_argument("--pretty", action="store_true", help="HTTP: JSON indented over many lines")
+    parser.add_argument("--sse-quirk", choices=["redirect", "foreign-endpoint"])
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--record-start", metavar="FILE", help="append this process's pid to FILE when it starts")
     return parser.parse_args(argv)
@@ -341,6 +370,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = RequireHeaders(app, dict(args.require_header))
     if args.pretty:
         app = PrettyJson(app)
+    if args.sse_quirk:
+        app = SseQuirks(app, args.sse_quirk)
     serve_http(app, args.host, args.port)
     return 0
 

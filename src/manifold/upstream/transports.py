@@ -93,7 +93,8 @@ async def open_transport(
                 config.server_url, pool, channel, report, connect_timeout=config.connect_timeout, limit=MAX_SSE_EVENT_BYTES
             )
             try:
-                async with channel.running(), session as (read, write):
+                # The session first: a redirect is known before any task group could wrap it.
+                async with session as (read, write), channel.running():
                     report.raw = channel
                     try:
                         yield read, write
