@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing, asynccontextmanager, suppress
+from http import HTTPStatus
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
@@ -53,8 +54,8 @@ async def sse_session(
         if 300 <= status < 400:
             raise Redirected(url)
         if status != 200:
-            report.http_error = masker.mask(f"HTTP {status} from GET {url}")
-            raise HttpError(f"HTTP {status} from the server's event stream")
+            report.http_error = masker.mask(f"HTTP {status} {_phrase(status)} from GET {url}")
+            raise HttpError(report.http_error)
         kind = response.headers.get("content-type", "").lower()
         if not kind.startswith(_SSE):
             raise HttpError(f"the server's event stream is {kind or 'of no content type'}, not {_SSE}")
@@ -68,6 +69,13 @@ async def sse_session(
                 tg.start_soon(_write, pool, channel, write_reader, read_writer, report)
                 yield read_stream, write_stream
                 tg.cancel_scope.cancel()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "(unknown status)"
 
 
 async def _endpoint(events: Events, url: str) -> str:
