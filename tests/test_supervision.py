@@ -766,3 +766,19 @@ async def test_an_sse_message_endpoint_on_another_origin_is_refused() -> None:
             assert "message endpoint is on another origin: http://localhost:" in astray.last_error
             assert astray.state is not State.READY
             assert text_of(await gateway.call_tool("other__echo", {"text": "unaffected"})) == "unaffected"
+
+
+async def test_a_request_an_sse_server_refuses_fails_at_once_and_the_session_goes_on() -> None:
+    """A POST answered with an error status fails its request with that status, not a timeout
+    (the SDK's client stopped sending anything after one); later requests still go out."""
+    async with http_upstream("--transport", "sse", "--name", "picky", "--sse-quirk", "refuse-prompts") as url:
+        config = {"mcp_server_type": "sse", "server_url": url + "/sse", "timeout": 60}
+        async with gateway_with({"picky": config}) as gateway:
+            picky = gateway.upstreams["picky"]
+            await wait_state(picky, State.READY)
+            for _ in range(2):
+                with pytest.raises(MCPError, match="HTTP 500 from the server"):
+                    await gateway.get_prompt("picky__greet", {"name": "Ada"})
+            resource = await gateway.read_resource("fixture://picky/info")
+            assert resource["contents"], resource
+            assert picky.state is State.READY and picky.restarts == 0

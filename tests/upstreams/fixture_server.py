@@ -3,7 +3,7 @@
     python tests/upstreams/fixture_server.py [--transport stdio|streamable-http|sse]
         [--host 127.0.0.1] [--port 0] [--name NAME] [--tools N] [--long-names]
         [--require-header NAME=VALUE ...] [--crash-on-start] [--json-response] [--pretty]
-        [--sse-quirk redirect|foreign-endpoint] [--record-start FILE]
+        [--sse-quirk redirect|foreign-endpoint|refuse-prompts] [--record-start FILE]
 
 Over HTTP it binds its socket itself and, once it accepts requests, prints exactly one line
 `LISTENING http://<host>:<port>` to stdout (with `--port 0` that is how the port is found).
@@ -26,6 +26,7 @@ gets HTTP 401. `--crash-on-start`: write one line to stderr and exit with status
 an SSE event's data split over many `data:` lines), as the protocol allows.
 `--sse-quirk redirect` (SSE): GET /old-sse answers 307 to /sse. `--sse-quirk foreign-endpoint`
 (SSE): the endpoint event names the message endpoint on another origin (`localhost`, not the IP).
+`--sse-quirk refuse-prompts` (SSE): a POSTed prompts/get request is answered HTTP 500.
 
 Self-contained on purpose (it needs only the `mcp` SDK), so it runs with any environment.
 """
@@ -276,6 +277,9 @@ class SseQuirks:
             await send({"type": "http.response.start", "status": 307, "headers": [(b"location", b"/sse"), (b"content-length", b"0")]})
             await send({"type": "http.response.body", "body": b""})
             return
+        if scope["type"] == "http" and self.quirk == "refuse-prompts" and scope["method"] == "POST":
+            await self._refuse_prompts(scope, receive, send)
+            return
         if scope["type"] != "http" or self.quirk != "foreign-endpoint" or scope["path"] != "/sse":
             await self.app(scope, receive, send)
             return
@@ -288,6 +292,20 @@ class SseQuirks:
             await send(message)
 
         await self.app(scope, receive, foreign_send)
+
+    async def _refuse_prompts(self, scope: Scope, receive: Receive, send: Send) -> None:
+        received = [await receive()]
+        while received[-1].get("more_body"):
+            received.append(await receive())
+        if b'"prompts/get"' in b"".join(message.get("body", b"") for message in received):
+            await send({"type": "http.response.start", "status": 500, "headers": [(b"content-length", b"0")]})
+            await send({"type": "http.response.body", "body": b""})
+            return
+
+        async def replay() -> dict:
+            return received.pop(0) if received else await receive()
+
+        await self.app(scope, replay, send)
 
 
 def _pretty_events(chunk: bytes) -> bytes:
@@ -324,7 +342,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--crash-on-start", action="store_true")
     parser.add_argument("--json-response", action="store_true", help="streamable HTTP: answer POSTs with JSON, not SSE")
     parser.add_argument("--pretty", action="store_true", help="HTTP: JSON indented over many lines")
-    parser.add_argument("--sse-quirk", choices=["redirect", "foreign-endpoint"])
+    parser.add_argument("--sse-quirk", choices=["redirect", "foreign-endpoint", "refuse-prompts"])
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--record-start", metavar="FILE", help="append this process's pid to FILE when it starts")
     return parser.parse_args(argv)
