@@ -169,6 +169,6 @@ def create_app(
     app.router.routes.append(Route("/mcp", endpoint=app.mcp_endpoint, include_in_schema=False))
     app.router.routes.append(Route("/sse", endpoint=_SseEndpoint(), methods=["GET"], include_in_schema=False))
     app.sse_messages = lean_sse.post
-    app.router.routes.append(Mount("/messages/", app=lean_sse.post))  # in the schema's routes; served above
+    app.router.routes.append(Mount("/messages/", app=lean_sse.post))  # served above; routing redirects /messages here
 
     return app

@@ -333,15 +333,21 @@ class SseChannel(HttpChannel):
         return self.endpoint
 
     async def _exchange(self, request_id: int, frame: bytes) -> None:
-        target = self._target()
-        if target is None:
+        if self.endpoint is None:
             self._fail(request_id, INTERNAL_ERROR, "the server's message endpoint is not known")
             return
-        async with self.pool.request("POST", self._headers(), frame, target=target) as response:
+        status = await self.post(frame)
+        if status not in (200, 202):
+            self._fail(request_id, INTERNAL_ERROR, f"HTTP {status} from the server")
+
+    async def post(self, body: bytes) -> int:
+        """POST one message to the session's message endpoint; its status (an error one is reported)."""
+        target = self.endpoint
+        async with self.pool.request("POST", self._headers(), body, target=target) as response:
             await response.read()
-        if response.status not in (200, 202):
+        if not 200 <= response.status < 300:
             self.report.http_error = masker.mask(f"HTTP {response.status} from POST {self.pool.host}:{self.pool.port}{target}")
-            self._fail(request_id, INTERNAL_ERROR, f"HTTP {response.status} from the server")
+        return response.status
 
     def take_raw(self, data: bytes) -> bool:
         """True if the event's `data` answers a raw call (then it went to the call, unparsed)."""

@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import anyio
-import anyio.abc
 import mcp_types as types
 from mcp.shared._context_streams import create_context_streams
 from mcp.shared.message import SessionMessage
@@ -66,7 +65,7 @@ async def sse_session(
             write_stream, write_reader = create_context_streams[SessionMessage](0)
             async with read_writer, read_stream, write_stream, write_reader, anyio.create_task_group() as tg:
                 tg.start_soon(_read, events, channel, read_writer)
-                tg.start_soon(_write, pool, channel, write_reader, read_writer, report)
+                tg.start_soon(_write, channel, write_reader, read_writer)
                 yield read_stream, write_stream
                 tg.cancel_scope.cancel()
 
@@ -109,29 +108,26 @@ async def _read(events: Events, channel: SseChannel, read_writer: Any) -> None:
         await read_writer.aclose()  # the stream ended: the session is over, and its connection
 
 
-async def _write(pool: Pool, channel: SseChannel, write_reader: Any, read_writer: Any, report: TransportReport) -> None:
+async def _write(channel: SseChannel, write_reader: Any, read_writer: Any) -> None:
     async with anyio.create_task_group() as tg:
         async for message in write_reader:
             context = write_reader.last_context  # the sender's: a POST runs where its request was made
             if context is not None:
-                context.run(tg.start_soon, _post, pool, channel, message, read_writer, report)
+                context.run(tg.start_soon, _post, channel, message, read_writer)
             else:
-                tg.start_soon(_post, pool, channel, message, read_writer, report)
+                tg.start_soon(_post, channel, message, read_writer)
 
 
-async def _post(pool: Pool, channel: SseChannel, message: SessionMessage, read_writer: Any, report: TransportReport) -> None:
+async def _post(channel: SseChannel, message: SessionMessage, read_writer: Any) -> None:
     body = message.message.model_dump_json(by_alias=True, exclude_unset=True).encode()
-    target = channel.endpoint
     try:
-        async with pool.request("POST", {"content-type": "application/json"}, body, target=target) as response:
-            await response.read()
+        status = await channel.post(body)
     except (HttpError, OSError) as exc:
         problem = f"could not send the request ({exc})"
     else:
-        if 200 <= response.status < 300:
+        if 200 <= status < 300:
             return
-        report.http_error = masker.mask(f"HTTP {response.status} from POST {pool.host}:{pool.port}{target}")
-        problem = f"HTTP {response.status} from the server"
+        problem = f"HTTP {status} from the server"
     if isinstance(message.message, JSONRPCRequest):
         error = JSONRPCError(jsonrpc="2.0", id=message.message.id, error=ErrorData(code=INTERNAL_ERROR, message=problem))
         with suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
