@@ -93,6 +93,8 @@ class Settings:
     connect_timeout: float = 180.0
     scenario_timeout: float = 600.0
     quick: bool = False
+    settle_seconds: float = 30.0
+    """Before each run, wait up to this long for the machine to go quiet (0: neither wait nor measure)."""
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namespace]:
@@ -131,6 +133,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Settings, argparse.Namesp
             connect_timeout=60.0,
             scenario_timeout=90.0,
             quick=True,
+            settle_seconds=0.0,
         )
     if ns.repeat is not None:
         s.repeat = max(1, ns.repeat)
@@ -842,13 +845,48 @@ async def run_startup_peer(ws: Workspace, s: Settings, r: Results, count: int) -
 # --- driver ------------------------------------------------------------------------------------------------
 
 
-PEAK_LOAD = [0.0]
+QUIET = 0.2
+"""The share of the machine's CPU that may be busy when a run starts (the bench is idle then)."""
+BUSY: list[float] = []
+"""How busy the machine was just before each run (0-1): other work, since the bench is idle then."""
 
 
-async def attempt(r: Results, what: str, fn: Callable[[], Awaitable[None]], *, peer: bool = False) -> None:
-    if what.startswith("latency"):  # the catalogue and start-up runs load the machine themselves
-        PEAK_LOAD[0] = max(PEAK_LOAD[0], os.getloadavg()[0])
-    log(f"-- {what} (load {os.getloadavg()[0]:.1f})")
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs since boot."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+async def machine_busy(seconds: float = 0.5) -> float:
+    """The share of all CPUs busy over the next `seconds` (every process, steal time included)."""
+    busy0, total0 = _cpu_times()
+    await anyio.sleep(seconds)
+    busy1, total1 = _cpu_times()
+    return (busy1 - busy0) / max(total1 - total0, 1)
+
+
+async def settle(limit: float) -> float:
+    """Wait (up to `limit` s) until the machine is quiet; how busy it was at the end.
+
+    The start-up and catalogue runs leave processes exiting behind them, and a neighbour on a shared
+    machine comes and goes: a run measured through either is partly a measure of them."""
+    deadline = time.monotonic() + limit
+    while True:
+        busy = await machine_busy()
+        if busy <= QUIET or time.monotonic() >= deadline:
+            return busy
+
+
+async def attempt(
+    s: Settings, r: Results, what: str, fn: Callable[[], Awaitable[None]], *, peer: bool = False
+) -> None:
+    if s.settle_seconds > 0:
+        BUSY.append(await settle(s.settle_seconds))
+        log(f"-- {what} (machine {BUSY[-1]:.0%} busy)")
+    else:
+        log(f"-- {what}")
     try:
         await fn()
     except Exception as exc:  # noqa: BLE001 - one broken scenario must not stop the others
@@ -872,6 +910,7 @@ async def run_all(s: Settings, ws: Workspace, r: Results) -> None:
                     if kind == "fastmcp" and transport not in s.peer_transports:
                         continue
                     await attempt(
+                        s,
                         r,
                         f"latency+throughput {kind} {transport}",
                         lambda t=transport, k=kind: run_latency_scenario(ws, s, r, t, k),
@@ -882,8 +921,9 @@ async def run_all(s: Settings, ws: Workspace, r: Results) -> None:
                 total = servers * per_server
                 if total > s.heavy_tools and rep > 0:
                     continue
-                await attempt(r, f"catalogue direct {total}", lambda t=total: run_catalog_direct(ws, s, r, t))
+                await attempt(s, r, f"catalogue direct {total}", lambda t=total: run_catalog_direct(ws, s, r, t))
                 await attempt(
+                    s,
                     r,
                     f"catalogue manifold {servers}x{per_server}",
                     lambda a=servers, b=per_server: run_catalog_manifold(ws, s, r, a, b),
@@ -895,11 +935,11 @@ async def run_all(s: Settings, ws: Workspace, r: Results) -> None:
                     ("parallel", lambda c=count: run_startup_parallel(ws, s, r, c)),
                 ]
                 for name, fn in runs if rep % 2 == 0 else list(reversed(runs)):
-                    await attempt(r, f"start-up {name} {count}", fn)
+                    await attempt(s, r, f"start-up {name} {count}", fn)
             if s.peer and s.peer_startup and s.startup and rep == 0:  # sequential connects: slow, run once
                 count = max(s.startup)
                 await attempt(
-                    r, f"start-up fastmcp {count}", lambda c=count: run_startup_peer(ws, s, r, c), peer=True
+                    s, r, f"start-up fastmcp {count}", lambda c=count: run_startup_peer(ws, s, r, c), peer=True
                 )
 
 
@@ -1005,13 +1045,17 @@ def report(
     out.append(f"machine: {machine_line()}")
     out.append(
         f"load average (1/5/15 min) before {'/'.join(f'{x:.2f}' for x in load_before)}, "
-        f"after {'/'.join(f'{x:.2f}' for x in load_after)}; highest 1-min value at the start of a latency run "
-        f"{PEAK_LOAD[0]:.2f} on {os.cpu_count()} CPUs; run took {elapsed:.0f} s"
+        f"after {'/'.join(f'{x:.2f}' for x in load_after)} on {os.cpu_count()} CPUs; run took {elapsed:.0f} s"
     )
-    if PEAK_LOAD[0] > (os.cpu_count() or 1):
+    if BUSY:
         out.append(
-            "NOTE: other work loaded this machine during the run: expect noisy figures (see the ± spreads)"
+            f"machine busy with other work just before each run (the bench idle; it waits up to "
+            f"{s.settle_seconds:g} s for ≤{QUIET:.0%}): median {statistics.median(BUSY):.0%}, highest {max(BUSY):.0%}"
         )
+        if max(BUSY) > QUIET:
+            out.append(
+                "NOTE: other work kept this machine busy during the run: expect noisy figures (see the ± spreads)"
+            )
     out.append(
         f"every figure: median over {s.repeat} repeat(s); '±x%' = half the spread (max−min)/median of the "
         "per-repeat values (absent for a single value)"
@@ -1449,7 +1493,7 @@ def rerender(path: str) -> int:
         parts = tuple(int(p) if p.isdigit() else p for p in key.split("/"))
         r.samples[parts] = values
     r.errors, r.warnings = data.get("errors", []), data.get("warnings", [])
-    PEAK_LOAD[0] = data.get("peak_load", 0.0)
+    BUSY[:] = data.get("busy", [])
     load = data.get("load", [[0, 0, 0], [0, 0, 0]])
     lines, _ = report(settings, r, tuple(load[0]), tuple(load[1]), data.get("elapsed", 0.0), data.get("date"))
     lines.insert(1, f"(re-rendered from {path})")
@@ -1485,7 +1529,7 @@ def main(argv: list[str] | None = None) -> int:
         data["targets"] = [vars(t) for t in targets]
         data["machine"] = machine_line()
         data["load"] = [list(load_before), list(load_after)]
-        data["peak_load"] = PEAK_LOAD[0]
+        data["busy"] = BUSY
         data["elapsed"] = elapsed
         data["date"] = time.strftime("%Y-%m-%d %H:%M %Z")
         Path(ns.json_path).write_text(json.dumps(data, indent=1, default=str))
