@@ -149,14 +149,17 @@ class Pool:
 
         A kept-alive connection the server has closed meanwhile shows as a
         connection that ends before any response byte: that request is sent
-        once more on a new connection (the server never read it).
+        once more on a new connection (the server never read it), and the
+        other idle connections go too — they have idled at least as long (the
+        last one back is the first one out), so the server has closed them
+        as well (uvicorn after 5 s).
         """
         if self.closed:
             raise HttpError("the connection pool is closed")
         head = self._head(method, target or self.target, headers, None if body is None else len(body))
         payload = head + (body or b"")
         for attempt in range(2):
-            reused = bool(self._idle)
+            reused = attempt == 0 and bool(self._idle)
             connection = self._idle.pop() if reused else await self._connect()
             reply = _Reply()
             try:
@@ -166,7 +169,8 @@ class Pool:
                         raise HttpError("the server closed the connection without answering")
             except (HttpError, OSError, anyio.BrokenResourceError, anyio.ClosedResourceError) as exc:
                 await connection.aclose()
-                if reused and attempt == 0 and not reply.headers and not reply.chunks:
+                if reused and not reply.headers and not reply.chunks:
+                    await self._drop_idle()
                     continue
                 raise HttpError(str(exc) or type(exc).__name__) from exc
             break
@@ -187,11 +191,14 @@ class Pool:
         else:
             await connection.aclose()
 
-    async def aclose(self) -> None:
-        self.closed = True
+    async def _drop_idle(self) -> None:
         idle, self._idle = self._idle, []
         for connection in idle:
             await connection.aclose()
+
+    async def aclose(self) -> None:
+        self.closed = True
+        await self._drop_idle()
 
 
 def proxied(url: str, environ: Any = None) -> bool:
