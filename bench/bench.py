@@ -637,7 +637,7 @@ async def _interleaved_latency(
                 await call_echo(session, ep.tool)
                 samples[kind].append(clock() - t0)
         rewarm += REWARM
-    calls = s.calls + s.warmup + rewarm
+    calls = s.calls + rewarm  # the calls since cpu0 and ports were taken
     for kind, ep, _ in opened:
         cpu1 = cpu_seconds(ep.pid)
         values = sorted(samples[kind])
