@@ -5,7 +5,8 @@ streamable-HTTP upstream, the SDK's client too (faces/lean_http.py, upstream/lea
 tests drive `manifold serve --transport http` with the SDK's own client and check what the client
 sees: its own answer for each of many concurrent calls to HTTP and stdio upstreams, error results
 and errors as before, log lines and sampling during a call, the server's timeout, a client that
-gives up, and an upstream that restarts and forgets our session. The gateway's
+gives up, a server that closes the connections it kept alive, and an upstream that restarts and
+forgets our session. The gateway's
 `manifold_lean_tool_calls` metric says how many calls went the lean way, so a test cannot pass on
 the full path by accident.
 """
@@ -106,6 +107,29 @@ async def test_many_concurrent_calls_each_get_their_own_answer(tmp_path: Path) -
                         assert text_of(result) == "x" * 2_000_000
             assert answers == {i: (f"no {i}", True) if i % 5 == 0 else (f"call {i} ünïcode", False) for i in range(60)}
             assert lean_calls(base) == 63
+
+
+async def test_calls_after_the_server_closed_its_idle_connections_succeed(tmp_path: Path) -> None:
+    """Servers close kept-alive connections that idle (uvicorn after 5 s; this one at once): after
+    a burst of calls, every connection the gateway keeps for the server is dead by the next call,
+    as after any quiet spell, and the calls that follow must not fail as "connection lost"."""
+    with together(start_http_upstream("--name", "alpha", "--keep-alive", "0")) as (alpha,):
+        with http_gateway(tmp_path, {"alpha": http_server(alpha)}) as base:
+            async with session_to(base) as session:
+                with anyio.fail_after(60):
+                    for round_ in range(3):
+
+                        async def one(i: int, round_: int = round_) -> None:
+                            result = await session.call_tool("alpha__echo", {"text": f"burst {round_}.{i}"})
+                            assert text_of(result) == f"burst {round_}.{i}"
+
+                        async with anyio.create_task_group() as tg:
+                            for i in range(8):  # several connections at once, all kept
+                                tg.start_soon(one, i)
+                        for i in range(3):
+                            result = await session.call_tool("alpha__echo", {"text": f"after {round_}.{i}"})
+                            assert text_of(result) == f"after {round_}.{i}"
+            assert lean_calls(base) == 3 * (8 + 3)
 
 
 async def test_logs_and_sampling_during_a_lean_call_reach_their_client(tmp_path: Path) -> None:

@@ -216,12 +216,18 @@ class ReadyServer(uvicorn.Server):
             self.on_ready()
 
 
-def serve_http(app: ASGIApp, host: str, port: int) -> None:
+def serve_http(app: ASGIApp, host: str, port: int, keep_alive: float = 5) -> None:
     sock = tcp_listener(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     url = f"http://[{bound_host}]:{bound_port}" if ":" in bound_host else f"http://{bound_host}:{bound_port}"
     config = uvicorn.Config(
-        app, log_config=None, access_log=False, lifespan="on", timeout_graceful_shutdown=2, ws="none"
+        app,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=2,
+        ws="none",
+        timeout_keep_alive=keep_alive,  # type: ignore[arg-type]  # a float works: it goes to call_later
     )
     try:
         ReadyServer(config, lambda: print(f"{READY_PREFIX}{url}", flush=True)).run(sockets=[sock])
@@ -343,6 +349,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json-response", action="store_true", help="streamable HTTP: answer POSTs with JSON, not SSE")
     parser.add_argument("--pretty", action="store_true", help="HTTP: JSON indented over many lines")
     parser.add_argument("--sse-quirk", choices=["redirect", "foreign-endpoint", "refuse-prompts"])
+    parser.add_argument(
+        "--keep-alive", type=float, default=5, metavar="SECONDS", help="HTTP: close a kept-alive connection idle this long"
+    )
     parser.add_argument("--log-level", default="WARNING")
     parser.add_argument("--record-start", metavar="FILE", help="append this process's pid to FILE when it starts")
     return parser.parse_args(argv)
@@ -390,7 +399,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = PrettyJson(app)
     if args.sse_quirk:
         app = SseQuirks(app, args.sse_quirk)
-    serve_http(app, args.host, args.port)
+    serve_http(app, args.host, args.port, args.keep_alive)
     return 0
 
 
