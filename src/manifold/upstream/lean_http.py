@@ -337,7 +337,7 @@ class SseChannel(HttpChannel):
             self._fail(request_id, INTERNAL_ERROR, "the server's message endpoint is not known")
             return
         status = await self.post(frame)
-        if status not in (200, 202):
+        if not 200 <= status < 300:
             self._fail(request_id, INTERNAL_ERROR, f"HTTP {status} from the server")
 
     async def post(self, body: bytes) -> int:
