@@ -102,7 +102,7 @@ async def open_transport(
                         report.raw = None
                 return
             except Redirected:
-                pass  # before anything was yielded: the SDK's client below follows the redirect
+                await pool.aclose()  # before anything was yielded: the SDK's client below follows the redirect
         async with sse_client(
             config.server_url,
             headers=config.headers(),
